@@ -1,0 +1,11 @@
+//! vvgate: the signed telemetry ingest gateway.
+//!
+//! Modules follow one request's path: `config` → `tls` → `http` → `ingest` (the check chain,
+//! with `schema` for the payload) → `commit` (group commit to storage) → `forward`.
+//! `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
+//! building blocks.
+
+pub mod json;
+pub mod ids;
+pub mod schema;
+pub mod time;
