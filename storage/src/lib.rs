@@ -1,1 +1,441 @@
-//! placeholder
+//! vvgate-storage: everything the gateway keeps on disk, in one redb database.
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `nonces` | `[u8; 24]`: signed timestamp (u64 big-endian) ‖ first 16 bytes of SHA-256(nonce) | [`NonceRecord`] |
+//! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
+//! | `spool` | u64 sequence, in acceptance order | [`SpoolRecord`] |
+//! | `audit` | u64 entry index (1, 2, 3, …) | the entry's CJSON line |
+//! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
+//!
+//! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
+//! B-tree and expiry is one range delete (random keys cost ten times more per insert).
+//!
+//! One writer: the daemon's storage thread opens every write transaction through
+//! [`Store::batch`], with `Durability::Immediate`. Readers may run concurrently.
+
+#![warn(missing_docs)]
+
+pub mod records;
+
+use std::path::Path;
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+};
+use sha2::{Digest, Sha256};
+
+pub use records::{AuditHead, EnvelopeKind, NonceRecord, Route, SpoolRecord, SpoolStats};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
+const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
+    TableDefinition::new("federation_nonces");
+const SPOOL: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("spool");
+const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
+const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+
+const META_FORMAT: &str = "format";
+const META_AUDIT_HEAD: &str = "audit_head";
+const META_SPOOL_STATS: &str = "spool_stats";
+
+/// A storage failure. Every variant says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database file could not be opened or created.
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// What redb said.
+        source: redb::Error,
+    },
+    /// The database was written by a different, incompatible format.
+    #[error("the database has format {found}, this build reads format {FORMAT_VERSION}")]
+    Format {
+        /// The format found in the file.
+        found: u32,
+    },
+    /// A record could not be decoded: the file is damaged or was altered.
+    #[error("corrupt {what} record: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// A redb operation failed (I/O error, disk full, damaged file).
+    #[error("database operation failed: {0}")]
+    Redb(#[from] redb::Error),
+}
+
+impl StorageError {
+    /// Whether the failure is the file system running out of space.
+    pub fn is_disk_full(&self) -> bool {
+        let text = self.to_string();
+        text.contains("No space left") || text.contains("StorageFull") || text.contains("quota")
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                StorageError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn corrupt(what: &'static str, e: postcard::Error) -> StorageError {
+    StorageError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// The key of a nonce: signed timestamp (big-endian) ‖ SHA-256(nonce)[..16].
+pub fn nonce_key(ts: u64, nonce: &str) -> [u8; 24] {
+    let digest = Sha256::digest(nonce.as_bytes());
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&ts.to_be_bytes());
+    key[8..].copy_from_slice(&digest[..16]);
+    key
+}
+
+/// Which nonce namespace (CONTRACT.md §3.5 and §7: federation bundles have their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceSpace {
+    /// Telemetry and both cognitive routes.
+    Telemetry,
+    /// Federation bundles.
+    Federation,
+}
+
+impl NonceSpace {
+    fn table(self) -> TableDefinition<'static, [u8; 24], &'static [u8]> {
+        match self {
+            NonceSpace::Telemetry => NONCES,
+            NonceSpace::Federation => FED_NONCES,
+        }
+    }
+}
+
+/// The database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Open (or create) the database at `path` with a page cache of `cache_bytes`, create its
+    /// tables, and check its format.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| StorageError::Open {
+                path: path.display().to_string(),
+                source: e.into(),
+            })?;
+        let store = Self { db };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(NONCES)?;
+            txn.open_table(FED_NONCES)?;
+            txn.open_table(SPOOL)?;
+            txn.open_table(AUDIT)?;
+            let mut meta = txn.open_table(META)?;
+            let found = match meta.get(META_FORMAT)? {
+                Some(v) => Some(decode_u32(v.value())?),
+                None => None,
+            };
+            match found {
+                Some(FORMAT_VERSION) => {}
+                Some(other) => return Err(StorageError::Format { found: other }),
+                None => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Run `f` in one write transaction and commit it durably (`Durability::Immediate`).
+    /// If `f` fails, nothing it wrote is kept.
+    pub fn batch<T>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        let out = {
+            let meta = txn.open_table(META)?;
+            let audit_head = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
+            let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
+            let mut b = Batch {
+                nonces: txn.open_table(NONCES)?,
+                fed_nonces: txn.open_table(FED_NONCES)?,
+                spool: txn.open_table(SPOOL)?,
+                audit: txn.open_table(AUDIT)?,
+                meta,
+                audit_head,
+                spool_stats,
+                start_head: audit_head,
+                start_stats: spool_stats,
+                buf: Vec::with_capacity(256),
+            };
+            let out = f(&mut b)?;
+            b.flush_meta()?;
+            out
+        };
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn read(&self) -> Result<Reader, StorageError> {
+        Ok(Reader {
+            txn: self.db.begin_read()?,
+        })
+    }
+
+    /// Look a nonce up (check step 15). One short read transaction.
+    pub fn nonce_get(
+        &self,
+        space: NonceSpace,
+        key: &[u8; 24],
+    ) -> Result<Option<NonceRecord>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(space.table())?;
+        match table.get(key)? {
+            Some(v) => Ok(Some(
+                records::decode(v.value()).map_err(|e| corrupt("nonce", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {
+    let arr: [u8; 4] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what: "format",
+        detail: format!("{} bytes instead of 4", bytes.len()),
+    })?;
+    Ok(u32::from_be_bytes(arr))
+}
+
+fn read_meta<T, R>(table: &R, name: &str, what: &'static str) -> Result<T, StorageError>
+where
+    T: Default + for<'de> serde::Deserialize<'de>,
+    R: ReadableTable<&'static str, &'static [u8]>,
+{
+    match table.get(name)? {
+        Some(v) => records::decode(v.value()).map_err(|e| corrupt(what, e)),
+        None => Ok(T::default()),
+    }
+}
+
+/// One write transaction's view of every table. Obtained from [`Store::batch`].
+pub struct Batch<'t> {
+    nonces: Table<'t, [u8; 24], &'static [u8]>,
+    fed_nonces: Table<'t, [u8; 24], &'static [u8]>,
+    spool: Table<'t, u64, &'static [u8]>,
+    audit: Table<'t, u64, &'static [u8]>,
+    meta: Table<'t, &'static str, &'static [u8]>,
+    audit_head: AuditHead,
+    spool_stats: SpoolStats,
+    start_head: AuditHead,
+    start_stats: SpoolStats,
+    buf: Vec<u8>,
+}
+
+impl<'t> Batch<'t> {
+    fn nonce_table(&mut self, space: NonceSpace) -> &mut Table<'t, [u8; 24], &'static [u8]> {
+        match space {
+            NonceSpace::Telemetry => &mut self.nonces,
+            NonceSpace::Federation => &mut self.fed_nonces,
+        }
+    }
+
+    /// Look a nonce up inside the transaction (the re-check before insert).
+    pub fn nonce_get(
+        &mut self,
+        space: NonceSpace,
+        key: &[u8; 24],
+    ) -> Result<Option<NonceRecord>, StorageError> {
+        match self.nonce_table(space).get(key)? {
+            Some(v) => Ok(Some(
+                records::decode(v.value()).map_err(|e| corrupt("nonce", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Record an accepted nonce.
+    pub fn nonce_insert(
+        &mut self,
+        space: NonceSpace,
+        key: &[u8; 24],
+        rec: &NonceRecord,
+    ) -> Result<(), StorageError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        records::encode(rec, &mut buf).map_err(|e| corrupt("nonce", e))?;
+        self.nonce_table(space).insert(key, buf.as_slice())?;
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Delete every nonce whose signed timestamp is below `before_ts`. Returns how many.
+    pub fn expire_nonces(&mut self, space: NonceSpace, before_ts: u64) -> Result<u64, StorageError> {
+        let mut upper = [0u8; 24];
+        upper[..8].copy_from_slice(&before_ts.to_be_bytes());
+        let mut n = 0u64;
+        self.nonce_table(space).retain_in(..upper, |_, _| {
+            n += 1;
+            false
+        })?;
+        Ok(n)
+    }
+
+    /// Append an envelope to the spool; returns its sequence number.
+    pub fn spool_push(&mut self, rec: &SpoolRecord<'_>) -> Result<u64, StorageError> {
+        let seq = self.spool_stats.next_seq;
+        let mut buf = std::mem::take(&mut self.buf);
+        records::encode(rec, &mut buf).map_err(|e| corrupt("spool", e))?;
+        self.spool.insert(seq, buf.as_slice())?;
+        self.buf = buf;
+        self.spool_stats.next_seq += 1;
+        self.spool_stats.count += 1;
+        self.spool_stats.bytes += u64::try_from(rec.body().len()).unwrap_or(u64::MAX);
+        Ok(seq)
+    }
+
+    /// Remove a spool entry (after its publication was acknowledged). Returns whether it existed.
+    pub fn spool_remove(&mut self, seq: u64) -> Result<bool, StorageError> {
+        let Some(old) = self.spool.remove(seq)? else {
+            return Ok(false);
+        };
+        let rec: SpoolRecord<'_> = records::decode(old.value()).map_err(|e| corrupt("spool", e))?;
+        self.spool_stats.count = self.spool_stats.count.saturating_sub(1);
+        self.spool_stats.bytes = self
+            .spool_stats
+            .bytes
+            .saturating_sub(u64::try_from(rec.body().len()).unwrap_or(0));
+        Ok(true)
+    }
+
+    /// The spool's occupancy including this transaction's changes.
+    pub fn spool_stats(&self) -> SpoolStats {
+        self.spool_stats
+    }
+
+    /// The audit chain head including this transaction's appends.
+    pub fn audit_head(&self) -> AuditHead {
+        self.audit_head
+    }
+
+    /// Append audit entry `head.index` (its CJSON line) and move the head to `head`.
+    /// The caller computes the chain; indexes must be contiguous.
+    pub fn audit_append(&mut self, head: AuditHead, line: &[u8]) -> Result<(), StorageError> {
+        debug_assert_eq!(head.index, self.audit_head.index + 1);
+        self.audit.insert(head.index, line)?;
+        self.audit_head = head;
+        Ok(())
+    }
+
+    fn flush_meta(&mut self) -> Result<(), StorageError> {
+        if self.audit_head != self.start_head {
+            records::encode(&self.audit_head, &mut self.buf).map_err(|e| corrupt("audit head", e))?;
+            self.meta.insert(META_AUDIT_HEAD, self.buf.as_slice())?;
+        }
+        if self.spool_stats != self.start_stats {
+            records::encode(&self.spool_stats, &mut self.buf)
+                .map_err(|e| corrupt("spool stats", e))?;
+            self.meta.insert(META_SPOOL_STATS, self.buf.as_slice())?;
+        }
+        Ok(())
+    }
+}
+
+/// A read snapshot.
+pub struct Reader {
+    txn: redb::ReadTransaction,
+}
+
+impl Reader {
+    /// The audit chain head.
+    pub fn audit_head(&self) -> Result<AuditHead, StorageError> {
+        let meta = self.txn.open_table(META)?;
+        read_meta(&meta, META_AUDIT_HEAD, "audit head")
+    }
+
+    /// The spool's occupancy.
+    pub fn spool_stats(&self) -> Result<SpoolStats, StorageError> {
+        let meta = self.txn.open_table(META)?;
+        read_meta(&meta, META_SPOOL_STATS, "spool stats")
+    }
+
+    /// Up to `limit` audit entries (index, CJSON line) starting at index `from`.
+    pub fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let table = self.txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for item in table.range(from..)?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` spool entries (sequence, encoded [`SpoolRecord`]) starting at `from`.
+    pub fn spool_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let table = self.txn.open_table(SPOOL)?;
+        let mut out = Vec::new();
+        for item in table.range(from..)?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` spool entries, oldest first.
+    pub fn spool_tail(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let table = self.txn.open_table(SPOOL)?;
+        let mut out = Vec::new();
+        for item in table.iter()?.rev().take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Number of nonce records held in `space`.
+    pub fn nonce_count(&self, space: NonceSpace) -> Result<u64, StorageError> {
+        let table = self.txn.open_table(space.table())?;
+        Ok(table.len()?)
+    }
+}
+
+/// Decode a spool value read through [`Reader::spool_range`].
+pub fn decode_spool(bytes: &[u8]) -> Result<SpoolRecord<'_>, StorageError> {
+    records::decode(bytes).map_err(|e| corrupt("spool", e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! Record encodings (postcard). Each record is an enum whose variant is its format version, so a
+//! later format adds a variant and old records stay readable.
+
+use serde::{Deserialize, Serialize};
+
+/// Which route accepted a nonce (telemetry and the cognitive routes share one namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Route {
+    /// `POST /internal/v1/telemetry`.
+    Telemetry,
+    /// `POST /internal/v1/cognitive/execution-graph`.
+    ExecutionGraph,
+    /// `POST /internal/v1/cognitive/feedback/adjustments/query`.
+    FeedbackQuery,
+    /// `POST /internal/v1/federation/verify`.
+    FederationVerify,
+}
+
+impl Route {
+    /// The request path of this route.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Telemetry => "/internal/v1/telemetry",
+            Route::ExecutionGraph => "/internal/v1/cognitive/execution-graph",
+            Route::FeedbackQuery => "/internal/v1/cognitive/feedback/adjustments/query",
+            Route::FederationVerify => "/internal/v1/federation/verify",
+        }
+    }
+}
+
+/// What is remembered of an accepted nonce (CONTRACT.md §3.5): enough to recognise an
+/// identical re-send and answer it with the original request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NonceRecord {
+    /// Format 1.
+    V1 {
+        /// SHA-256 of the request body.
+        body_sha256: [u8; 32],
+        /// The `request_id` of the accepting request.
+        request_id: [u8; 16],
+        /// The route that accepted it.
+        route: Route,
+        /// When it was accepted, Unix seconds.
+        accepted_at: u64,
+    },
+}
+
+/// What kind of envelope a spool entry carries (CONTRACT.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EnvelopeKind {
+    /// Accepted telemetry, for `queue_subject`.
+    Ingest,
+    /// A rejected payload, for `dlq_subject`.
+    DeadLetter,
+    /// A signed audit checkpoint, for `[audit] checkpoint_subject`.
+    Checkpoint,
+}
+
+impl EnvelopeKind {
+    /// The envelope's `kind` field and `Vv-Envelope-Kind` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvelopeKind::Ingest => "ingest",
+            EnvelopeKind::DeadLetter => "dead_letter",
+            EnvelopeKind::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// One outbox entry: a message ready to publish, byte for byte.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpoolRecord<'a> {
+    /// Format 1.
+    V1 {
+        /// Envelope kind; selects the subject.
+        kind: EnvelopeKind,
+        /// `Nats-Msg-Id` header value.
+        #[serde(borrow)]
+        msg_id: &'a str,
+        /// Lowercase hex `integrity_hash` (`Vv-Integrity-Hash`); empty for checkpoints.
+        #[serde(borrow)]
+        integrity_hash: &'a str,
+        /// When it was spooled, Unix microseconds.
+        spooled_at: u64,
+        /// The message body (the CJSON envelope).
+        #[serde(borrow)]
+        body: &'a [u8],
+    },
+}
+
+impl<'a> SpoolRecord<'a> {
+    /// Envelope kind.
+    pub fn kind(&self) -> EnvelopeKind {
+        match self {
+            SpoolRecord::V1 { kind, .. } => *kind,
+        }
+    }
+
+    /// `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> &'a str {
+        match self {
+            SpoolRecord::V1 { msg_id, .. } => msg_id,
+        }
+    }
+
+    /// The message body.
+    pub fn body(&self) -> &'a [u8] {
+        match self {
+            SpoolRecord::V1 { body, .. } => body,
+        }
+    }
+
+    /// The envelope's `integrity_hash`.
+    pub fn integrity_hash(&self) -> &'a str {
+        match self {
+            SpoolRecord::V1 { integrity_hash, .. } => integrity_hash,
+        }
+    }
+
+    /// When it was spooled, Unix microseconds.
+    pub fn spooled_at(&self) -> u64 {
+        match self {
+            SpoolRecord::V1 { spooled_at, .. } => *spooled_at,
+        }
+    }
+}
+
+/// The head of the audit chain: what the next append needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// Index of the last entry (0 when the log is empty).
+    pub index: u64,
+    /// `entry_hash` of the last entry (raw bytes; all zero when empty).
+    pub hash: [u8; 32],
+    /// Index of the last entry sealed by a `log.sealed` entry (0 when none).
+    pub last_sealed: u64,
+}
+
+/// Spool occupancy, kept in the same transactions that change it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolStats {
+    /// Sequence number the next entry gets.
+    pub next_seq: u64,
+    /// Entries in the spool.
+    pub count: u64,
+    /// Sum of the entries' body sizes.
+    pub bytes: u64,
+}
+
+/// Encode a record with postcard.
+pub fn encode<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    out.clear();
+    let bytes = postcard::to_extend(v, std::mem::take(out))?;
+    *out = bytes;
+    Ok(())
+}
+
+/// Decode a record with postcard.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let n = NonceRecord::V1 {
+            body_sha256: [7; 32],
+            request_id: [9; 16],
+            route: Route::Telemetry,
+            accepted_at: 1_772_107_200,
+        };
+        let mut buf = Vec::new();
+        encode(&n, &mut buf).unwrap();
+        assert_eq!(decode::<NonceRecord>(&buf).unwrap(), n);
+
+        let s = SpoolRecord::V1 {
+            kind: EnvelopeKind::DeadLetter,
+            msg_id: "dlq:abc",
+            integrity_hash: "00ff",
+            spooled_at: 5,
+            body: b"{}",
+        };
+        encode(&s, &mut buf).unwrap();
+        let back: SpoolRecord<'_> = decode(&buf).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.body(), b"{}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&[][..], &[0xff][..], &[0, 0, 0][..], &[1, 200, 200, 200][..]] {
+            assert!(decode::<NonceRecord>(bytes).is_err());
+            assert!(decode::<SpoolRecord<'_>>(bytes).is_err());
+        }
+    }
+}
