@@ -9,3 +9,4 @@ pub mod json;
 pub mod ids;
 pub mod schema;
 pub mod time;
+pub mod config;

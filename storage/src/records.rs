@@ -132,8 +132,8 @@ pub struct AuditHead {
     pub index: u64,
     /// `entry_hash` of the last entry (raw bytes; all zero when empty).
     pub hash: [u8; 32],
-    /// Index of the last entry sealed by a `log.sealed` entry (0 when none).
-    pub last_sealed: u64,
+    /// Index of the last `log.sealed` entry (0 when none).
+    pub last_seal: u64,
 }
 
 /// Spool occupancy, kept in the same transactions that change it.

@@ -1,0 +1,259 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+const PK: &str = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=";
+const PIN: &str = "26f2748599c5679b6d2a81738c8f9a23bf467269344cdda839bc269e9c73e08b";
+
+fn minimal() -> String {
+    format!(
+        r#"
+[telemetry_gateway]
+mode = "dev"
+spectrastrike_ed25519_public_key_b64 = "{PK}"
+allowed_service_identities = {{ "spectrastrike-producer" = "{PIN}" }}
+operator_tenant_map = {{ "op-001" = "10000000-0000-0000-0000-000000000001" }}
+
+[tls]
+server_cert_path = "server.pem"
+server_key = "file:server.key"
+client_ca_path = "ca.pem"
+
+[audit]
+checkpoint_origin = "vvgate.test/audit"
+checkpoint_key = "file:checkpoint.pem"
+"#
+    )
+}
+
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Config::parse(text, "test.toml", Path::new("/etc/vvgate"), &|k| map.get(k).cloned())
+}
+
+fn problems(r: Result<Config, ConfigError>) -> Vec<Problem> {
+    match r {
+        Err(ConfigError::Invalid(p)) => p,
+        Err(e) => panic!("expected validation problems, got {e}"),
+        Ok(_) => panic!("expected validation problems, got a valid config"),
+    }
+}
+
+fn has(problems: &[Problem], key: &str, fragment: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| p.key == key && p.problem.contains(fragment))
+}
+
+#[test]
+fn minimal_config_gets_the_contract_defaults() {
+    let c = parse_env(&minimal(), &[]).unwrap();
+    assert_eq!(c.allowed_clock_skew_seconds, 30);
+    assert_eq!(c.nonce_ttl_seconds, 120);
+    assert_eq!(c.rate_limit_per_minute, 120);
+    assert_eq!(c.queue_subject, "vectorvue.telemetry.ingest");
+    assert_eq!(c.dlq_subject, "vectorvue.telemetry.dlq");
+    assert_eq!(c.limits.max_body_bytes, 1_048_576);
+    assert_eq!(c.limits.max_header_bytes, 16_384);
+    assert_eq!(c.limits.max_connections, 4096);
+    assert_eq!(c.allowed_schema_versions, vec!["1.0".to_owned()]);
+    assert_eq!(c.group_commit_max_requests, 256);
+    assert_eq!(c.audit.seal_every, 50);
+    assert_eq!(c.federation.allowed_clock_skew_seconds, 300);
+    assert_eq!(c.ops_listen.to_string(), "127.0.0.1:9464");
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+    assert!(!c.idempotent_retry);
+    // Relative paths resolve against the config file's directory.
+    assert_eq!(c.tls.server_cert_path, Path::new("/etc/vvgate/server.pem"));
+    assert_eq!(
+        c.tls.server_key,
+        vvgate_hsm::KeyRef::File("/etc/vvgate/server.key".into())
+    );
+    let pin = crate::ids::parse_hex32(PIN).unwrap();
+    assert_eq!(c.identities.by_pin[&pin], "spectrastrike-producer");
+    // The federation key falls back to the producer key.
+    assert_eq!(c.federation.public_key, c.producer_keys.active);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let text = minimal()
+        .replace("mode = \"dev\"", "mode = \"dev\"\nallowed_clock_skew_seconds = 0\nnonce_ttl_seconds = 5\nrequire_mtls = false\nqueue_subject = \"bad subject\"");
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "telemetry_gateway.allowed_clock_skew_seconds", "between 1 and 3600"));
+    assert!(has(&p, "telemetry_gateway.nonce_ttl_seconds", "between 30"));
+    assert!(has(&p, "telemetry_gateway.require_mtls", "refused"));
+    assert!(has(&p, "telemetry_gateway.queue_subject", "not a NATS subject"));
+    assert_eq!(p.len(), 4, "{p:?}");
+    let msg = ConfigError::Invalid(p).to_string();
+    assert!(msg.starts_with("invalid configuration (4 problems):"), "{msg}");
+}
+
+#[test]
+fn environment_overrides_name_the_variable() {
+    let c = parse_env(
+        &minimal(),
+        &[
+            ("VV_TG_ALLOWED_CLOCK_SKEW_SECONDS", "45"),
+            ("VV_TG_IDEMPOTENT_RETRY", "yes"),
+            ("VV_TG_ALLOWED_SCHEMA_VERSIONS", "1.0, 2.0,1.0"),
+            ("VV_TG_REDIS_URL", "redis://x"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.allowed_clock_skew_seconds, 45);
+    assert!(c.idempotent_retry);
+    assert_eq!(c.allowed_schema_versions, vec!["1.0", "2.0"]);
+    assert!(c.warnings.iter().any(|w| w.contains("VV_TG_REDIS_URL")));
+
+    let p = problems(parse_env(
+        &minimal(),
+        &[
+            ("VV_TG_ALLOWED_CLOCK_SKEW_SECONDS", "abc"),
+            ("VV_TG_ENFORCE_SCHEMA_VERSION", "maybe"),
+            ("VV_TG_OPERATOR_TENANT_MAP", "[1]"),
+        ],
+    ));
+    assert!(has(
+        &p,
+        "VV_TG_ALLOWED_CLOCK_SKEW_SECONDS (telemetry_gateway.allowed_clock_skew_seconds)",
+        "integer"
+    ));
+    assert!(has(
+        &p,
+        "VV_TG_ENFORCE_SCHEMA_VERSION (telemetry_gateway.enforce_schema_version)",
+        "1 true yes on"
+    ));
+    assert!(has(
+        &p,
+        "VV_TG_OPERATOR_TENANT_MAP (telemetry_gateway.operator_tenant_map)",
+        "JSON object"
+    ));
+}
+
+#[test]
+fn upstream_variable_names_map_onto_vvgate_keys() {
+    let c = parse_env(
+        &minimal(),
+        &[
+            (
+                "VV_TG_ALLOWED_SERVICE_IDENTITIES_JSON",
+                &format!(r#"{{"svc-a":"{}"}}"#, PIN.to_uppercase()),
+            ),
+            ("VV_TAMPER_LOG_SEAL_EVERY", "10"),
+        ],
+    )
+    .unwrap();
+    assert!(c.identities.pins.contains_key("svc-a"));
+    assert!(!c.identities.pins.contains_key("spectrastrike-producer"));
+    assert_eq!(c.audit.seal_every, 10);
+}
+
+#[test]
+fn pins_placeholders_colons_and_sharing() {
+    assert!(validate::parse_pin(&"a".repeat(64)).unwrap_err().contains("placeholder"));
+    let colons: Vec<String> = PIN
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap().to_uppercase())
+        .collect();
+    assert_eq!(
+        validate::parse_pin(&colons.join(":")).unwrap(),
+        crate::ids::parse_hex32(PIN).unwrap()
+    );
+    assert!(validate::parse_pin("ab:cd").is_err());
+    let text = minimal().replace(
+        &format!("{{ \"spectrastrike-producer\" = \"{PIN}\" }}"),
+        &format!("{{ \"a\" = \"{PIN}\", \"b\" = [\"{PIN}\"] }}"),
+    );
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "telemetry_gateway.allowed_service_identities.b", "already pinned"));
+}
+
+#[test]
+fn producer_keys_are_checked_as_points() {
+    for bad in [
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        "QUFB",
+        "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg",
+        "A6EHv-POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+    ] {
+        assert!(validate::parse_ed25519_public(bad).is_err(), "{bad}");
+    }
+    // Some 32-byte strings are not curve points at all.
+    let invalid = (0u8..=255)
+        .map(|b| {
+            let mut k = [b; 32];
+            k[31] &= 0x7f;
+            k
+        })
+        .find(|k| {
+            curve25519_dalek::edwards::CompressedEdwardsY(*k)
+                .decompress()
+                .is_none()
+        })
+        .unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, invalid);
+    assert!(validate::parse_ed25519_public(&b64)
+        .unwrap_err()
+        .contains("not a valid Ed25519 point"));
+    assert!(validate::parse_ed25519_public(PK).is_ok());
+}
+
+#[test]
+fn production_refuses_file_keys_and_unknown_keys_are_syntax_errors() {
+    let text = minimal().replace("mode = \"dev\"", "mode = \"production\"");
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "tls.server_key", "refused in production"));
+    assert!(has(&p, "audit.checkpoint_key", "refused in production"));
+
+    let text = minimal().replace("mode = \"dev\"", "mode = \"dev\"\nallowed_clock_skew = 3");
+    match parse_env(&text, &[]) {
+        Err(ConfigError::Syntax { detail, .. }) => {
+            assert!(detail.contains("allowed_clock_skew"), "{detail}")
+        }
+        other => panic!("expected a syntax error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn required_keys_are_named() {
+    let p = problems(parse_env("[telemetry_gateway]\nmode = \"dev\"\n", &[]));
+    for key in [
+        "telemetry_gateway.allowed_service_identities",
+        "telemetry_gateway.spectrastrike_ed25519_public_key_b64",
+        "tls.server_cert_path",
+        "tls.server_key",
+        "tls.client_ca_path",
+        "audit.checkpoint_origin",
+        "audit.checkpoint_key",
+    ] {
+        assert!(has(&p, key, "required"), "{key} missing from {p:?}");
+    }
+}
+
+#[test]
+fn tenant_map_values_must_be_canonical_uuids() {
+    let text = minimal().replace(
+        "\"10000000-0000-0000-0000-000000000001\"",
+        "\"10000000-0000-0000-0000-00000000000G\"",
+    );
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "telemetry_gateway.operator_tenant_map.op-001", "canonical"));
+}
+
+#[test]
+fn producer_key_rotation_windows() {
+    let keys = ProducerKeys {
+        active: [1; 32],
+        active_not_after: Some(100),
+        next: Some(([2; 32], Some(50))),
+    };
+    assert_eq!(keys.valid_at(10).count(), 1);
+    assert_eq!(keys.valid_at(60).count(), 2);
+    assert_eq!(keys.valid_at(101).collect::<Vec<_>>(), vec![&[2u8; 32]]);
+}
