@@ -10,3 +10,4 @@ pub mod ids;
 pub mod schema;
 pub mod time;
 pub mod config;
+pub mod audit;

@@ -1,0 +1,192 @@
+//! The tamper-evident audit log (CONTRACT.md §6): every decision becomes one entry, hash-chained
+//! to the previous one, with a `log.sealed` entry after every `seal_every` entries.
+//!
+//! Entries are built by the storage thread inside the group commit that carries the decision
+//! (see `commit`), so the chain is linear and an answer is only sent once its entry is on disk.
+//! `verify` checks an exported or stored log with the contract's reasons.
+
+mod verify;
+
+use vvgate_storage::{AuditHead, Batch, StorageError};
+
+use crate::ids;
+use crate::json::Cjson;
+use crate::time::{self, Micros};
+
+pub use verify::{verify_lines, Verdict, VerifyOptions};
+
+/// `actor` of entries written for producer requests.
+pub const ACTOR_GATEWAY: &str = "telemetry_gateway";
+/// `actor` of seals and gateway-level events.
+pub const ACTOR_SYSTEM: &str = "SYSTEM";
+
+/// A value in an entry's `details` (strings and integers only, CONTRACT.md §6.1).
+#[derive(Clone, Copy, Debug)]
+pub enum Detail<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+/// Write a `details` object as CJSON: the fields are sorted here, so callers list them in any
+/// order. Keys must be distinct.
+pub fn write_details(out: &mut Vec<u8>, fields: &mut [(&str, Detail<'_>)]) {
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut w = Cjson::new(out);
+    w.begin_obj();
+    for (k, v) in fields.iter() {
+        w.key(k);
+        match v {
+            Detail::Str(s) => w.str(s),
+            Detail::Int(i) => w.i64(*i),
+        };
+    }
+    w.end_obj();
+}
+
+/// Hash and serialise one entry. `details` is CJSON. Returns the entry hash; `line` receives
+/// the seven-field CJSON line and `scratch` is reused for the hash input.
+#[allow(clippy::too_many_arguments)] // the six hashed fields plus two buffers
+pub fn encode_entry(
+    index: u64,
+    timestamp: &str,
+    event_type: &str,
+    actor: &str,
+    details: &[u8],
+    previous_hash: &str,
+    line: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> [u8; 32] {
+    scratch.clear();
+    Cjson::new(scratch)
+        .begin_obj()
+        .key("actor")
+        .str(actor)
+        .key("details")
+        .raw(details)
+        .key("event_type")
+        .str(event_type)
+        .key("index")
+        .u64(index)
+        .key("previous_hash")
+        .str(previous_hash)
+        .key("timestamp")
+        .str(timestamp)
+        .end_obj();
+    let hash = ids::sha256(scratch);
+    line.clear();
+    Cjson::new(line)
+        .begin_obj()
+        .key("actor")
+        .str(actor)
+        .key("details")
+        .raw(details)
+        .key("entry_hash")
+        .str(&ids::hex32(&hash))
+        .key("event_type")
+        .str(event_type)
+        .key("index")
+        .u64(index)
+        .key("previous_hash")
+        .str(previous_hash)
+        .key("timestamp")
+        .str(timestamp)
+        .end_obj();
+    hash
+}
+
+fn previous_hex(head: &AuditHead) -> ids::HexHash {
+    if head.index == 0 {
+        ids::HexHash::new()
+    } else {
+        ids::hex32(&head.hash)
+    }
+}
+
+/// Appends entries to the chain inside a storage batch. Owned by the storage thread.
+pub struct Chain {
+    seal_every: u64,
+    line: Vec<u8>,
+    scratch: Vec<u8>,
+    details: Vec<u8>,
+}
+
+impl Chain {
+    pub fn new(seal_every: u64) -> Self {
+        Self {
+            seal_every: seal_every.max(1),
+            line: Vec::with_capacity(1024),
+            scratch: Vec::with_capacity(1024),
+            details: Vec::with_capacity(256),
+        }
+    }
+
+    /// Append one entry (and the seal that follows it when due). Returns the entry's index.
+    pub fn append(
+        &mut self,
+        b: &mut Batch<'_>,
+        now: Micros,
+        actor: &str,
+        event_type: &str,
+        details: &[u8],
+    ) -> Result<u64, StorageError> {
+        let ts = time::iso(now);
+        let head = b.audit_head();
+        let index = head.index + 1;
+        let hash = encode_entry(
+            index,
+            &ts,
+            event_type,
+            actor,
+            details,
+            &previous_hex(&head),
+            &mut self.line,
+            &mut self.scratch,
+        );
+        let new_head = AuditHead {
+            index,
+            hash,
+            last_seal: head.last_seal,
+        };
+        b.audit_append(new_head, &self.line)?;
+        // Entries since the last seal entry (or since the start).
+        if index - new_head.last_seal >= self.seal_every {
+            self.seal(b, &ts, new_head)?;
+        }
+        Ok(index)
+    }
+
+    fn seal(&mut self, b: &mut Batch<'_>, ts: &str, sealed: AuditHead) -> Result<(), StorageError> {
+        let last_hash = ids::hex32(&sealed.hash);
+        self.details.clear();
+        write_details(
+            &mut self.details,
+            &mut [
+                ("sealed_index", Detail::Int(i64::try_from(sealed.index).unwrap_or(i64::MAX))),
+                ("last_entry_hash", Detail::Str(&last_hash)),
+                ("sealed_at", Detail::Str(ts)),
+            ],
+        );
+        let index = sealed.index + 1;
+        let hash = encode_entry(
+            index,
+            ts,
+            "log.sealed",
+            ACTOR_SYSTEM,
+            &self.details,
+            &last_hash,
+            &mut self.line,
+            &mut self.scratch,
+        );
+        b.audit_append(
+            AuditHead {
+                index,
+                hash,
+                last_seal: index,
+            },
+            &self.line,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
