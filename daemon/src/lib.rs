@@ -11,3 +11,6 @@ pub mod schema;
 pub mod time;
 pub mod config;
 pub mod audit;
+pub mod commit;
+pub mod tls;
+pub mod http;

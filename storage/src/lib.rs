@@ -18,7 +18,8 @@
 
 pub mod records;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -69,9 +70,18 @@ pub enum StorageError {
     /// A redb operation failed (I/O error, disk full, damaged file).
     #[error("database operation failed: {0}")]
     Redb(#[from] redb::Error),
+    /// The database is closed after a failed reopen.
+    #[error("the database is closed after an I/O error and could not be reopened")]
+    Closed,
 }
 
 impl StorageError {
+    /// Whether redb needs the database reopened before it works again.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, StorageError::Closed)
+            || matches!(self, StorageError::Redb(e) if matches!(e, redb::Error::PreviousIo | redb::Error::Io(_)))
+    }
+
     /// Whether the failure is the file system running out of space.
     pub fn is_disk_full(&self) -> bool {
         let text = self.to_string();
@@ -132,28 +142,52 @@ impl NonceSpace {
 }
 
 /// The database.
+///
+/// redb refuses every operation after an I/O error (for example a full disk) until the file is
+/// reopened, so the handle sits behind a lock that [`Store::reopen`] can swap. Readers and the
+/// single writer take it shared (an uncontended atomic operation); only a reopen takes it
+/// exclusively.
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    cache_bytes: usize,
+    db: RwLock<Option<Database>>,
 }
 
 impl Store {
     /// Open (or create) the database at `path` with a page cache of `cache_bytes`, create its
     /// tables, and check its format.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| StorageError::Open {
-                path: path.display().to_string(),
-                source: e.into(),
-            })?;
-        let store = Self { db };
+        let store = Self {
+            path: path.to_owned(),
+            cache_bytes,
+            db: RwLock::new(Some(open_db(path, cache_bytes)?)),
+        };
         store.init()?;
         Ok(store)
     }
 
+    /// Close and reopen the database file (after an I/O error). Committed data is untouched;
+    /// an open that fails leaves the store closed, and every operation reports it until a later
+    /// reopen succeeds.
+    pub fn reopen(&self) -> Result<(), StorageError> {
+        let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(guard.take());
+        *guard = Some(open_db(&self.path, self.cache_bytes)?);
+        drop(guard);
+        self.init()
+    }
+
+    fn db(&self) -> Result<DbGuard<'_>, StorageError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StorageError::Closed);
+        }
+        Ok(DbGuard(guard))
+    }
+
     fn init(&self) -> Result<(), StorageError> {
-        let txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let txn = db.begin_write()?;
         {
             txn.open_table(NONCES)?;
             txn.open_table(FED_NONCES)?;
@@ -182,7 +216,8 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         let out = {
             let meta = txn.open_table(META)?;
@@ -211,7 +246,7 @@ impl Store {
     /// A consistent snapshot for reading.
     pub fn read(&self) -> Result<Reader, StorageError> {
         Ok(Reader {
-            txn: self.db.begin_read()?,
+            txn: self.db()?.begin_read()?,
         })
     }
 
@@ -221,7 +256,7 @@ impl Store {
         space: NonceSpace,
         key: &[u8; 24],
     ) -> Result<Option<NonceRecord>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(space.table())?;
         match table.get(key)? {
             Some(v) => Ok(Some(
@@ -229,6 +264,26 @@ impl Store {
             )),
             None => Ok(None),
         }
+    }
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StorageError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| StorageError::Open {
+            path: path.display().to_string(),
+            source: e.into(),
+        })
+}
+
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        // Checked non-empty when the guard was made; the lock is held for its lifetime.
+        self.0.as_ref().unwrap_or_else(|| unreachable!("DbGuard over a closed store"))
     }
 }
 

@@ -161,3 +161,13 @@ fn a_database_of_another_format_is_refused() {
         other => panic!("expected a format error, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn reopen_keeps_committed_data() {
+    let (_d, store) = temp_store();
+    store
+        .batch(|b| b.nonce_insert(NonceSpace::Telemetry, &nonce_key(7, "n"), &rec(7)))
+        .unwrap();
+    store.reopen().unwrap();
+    assert!(store.nonce_get(NonceSpace::Telemetry, &nonce_key(7, "n")).unwrap().is_some());
+}

@@ -1,0 +1,410 @@
+//! Group commit: the storage thread (CONTRACT.md §3.8).
+//!
+//! The event loop sends one [`Op`] per decision over a bounded channel (full → 503
+//! `Telemetry gateway overloaded`). The storage thread takes what is waiting, up to
+//! `group_commit_max_requests` operations or `group_commit_max_delay_us` of collecting, writes
+//! them in one redb transaction (nonce, spooled envelope, audit entry; or just the audit entry
+//! of a rejection) and commits with `Durability::Immediate`. Only then does each request get
+//! its [`Outcome`]. It never waits for more work when the channel is empty, so a lone request
+//! pays one fsync and no timer.
+//!
+//! It is also the only writer of the database: nonce expiry and (later) spool deletion happen
+//! here, between groups.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_channel::oneshot;
+use vvgate_storage::{
+    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolRecord, Store, StorageError,
+};
+
+use crate::audit::{write_details, Chain, Detail, ACTOR_SYSTEM};
+use crate::ids;
+use crate::time::Clock;
+
+/// An envelope to spool.
+#[derive(Debug)]
+pub struct SpoolItem {
+    pub kind: EnvelopeKind,
+    pub msg_id: String,
+    pub integrity_hash: ids::HexHash,
+    pub body: Vec<u8>,
+}
+
+/// What a decision writes besides its audit entry.
+#[derive(Debug)]
+pub enum Action {
+    /// Only the audit entry.
+    AuditOnly,
+    /// Burn a nonce and spool an envelope (an accepted request).
+    Accept {
+        space: NonceSpace,
+        key: [u8; 24],
+        record: NonceRecord,
+        spool: Option<SpoolItem>,
+    },
+    /// A rejection that spools a dead-letter envelope.
+    DeadLetter(SpoolItem),
+}
+
+/// The audit entry of a decision.
+#[derive(Debug)]
+pub struct AuditItem {
+    pub actor: &'static str,
+    pub event_type: &'static str,
+    /// CJSON object.
+    pub details: Vec<u8>,
+}
+
+/// One decision to make durable.
+#[derive(Debug)]
+pub struct Op {
+    pub request_id: [u8; 16],
+    pub route: Option<Route>,
+    pub action: Action,
+    pub audit: AuditItem,
+    /// Where the outcome goes; `None` for fire-and-forget entries (coalesced TLS rejections).
+    pub reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What happened to an [`Op`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// On disk; the audit entry has this index.
+    Committed { audit_index: u64 },
+    /// The nonce was found inside the transaction: nothing but a rejection entry was written.
+    Replay(NonceRecord),
+    /// The spool is full: nothing but a rejection entry was written.
+    SpoolFull,
+    /// The transaction failed; nothing of it is on disk.
+    Failed,
+}
+
+/// Counters the event loop reads (never written there).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub spool_count: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub audit_index: AtomicU64,
+    pub commits: AtomicU64,
+    pub committed_ops: AtomicU64,
+    pub failed_commits: AtomicU64,
+    /// False after a failed commit until the next successful one.
+    pub healthy: AtomicBool,
+}
+
+/// The storage thread's settings.
+#[derive(Clone, Debug)]
+pub struct CommitConfig {
+    pub max_requests: usize,
+    pub max_delay: Duration,
+    pub seal_every: u64,
+    pub spool_max_events: u64,
+    pub spool_max_bytes: u64,
+    /// Nonces with a signed timestamp older than `now - nonce_retention_secs` are deleted.
+    pub nonce_retention_secs: u64,
+}
+
+/// The event loop's end of the storage thread.
+#[derive(Clone)]
+pub struct Committer {
+    tx: async_channel::Sender<Op>,
+    pub shared: Arc<Shared>,
+}
+
+/// Why an op could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The work queue is full (backpressure: 503 overloaded).
+    Full,
+    /// The storage thread has stopped.
+    Closed,
+}
+
+impl Committer {
+    /// Queue an op without waiting.
+    pub fn submit(&self, op: Op) -> Result<(), SubmitError> {
+        self.tx.try_send(op).map_err(|e| match e {
+            async_channel::TrySendError::Full(_) => SubmitError::Full,
+            async_channel::TrySendError::Closed(_) => SubmitError::Closed,
+        })
+    }
+
+    /// Queue an op and wait for its outcome. A full queue is reported at once.
+    pub async fn commit(&self, mut op: Op) -> Result<Outcome, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        op.reply = Some(tx);
+        self.submit(op)?;
+        Ok(rx.await.unwrap_or(Outcome::Failed))
+    }
+
+    /// Free slots in the work queue.
+    pub fn room(&self) -> usize {
+        self.tx
+            .capacity()
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.tx.len())
+    }
+
+    /// Stop accepting work; the thread finishes what is queued and exits.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+}
+
+/// Start the storage thread. Returns its handle and join handle.
+pub fn start(
+    store: Arc<Store>,
+    cfg: CommitConfig,
+    queue_depth: usize,
+    clock: Clock,
+) -> std::io::Result<(Committer, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = async_channel::bounded(queue_depth.max(1));
+    let shared = Arc::new(Shared::default());
+    if let Ok(r) = store.read() {
+        if let Ok(s) = r.spool_stats() {
+            shared.spool_count.store(s.count, Ordering::Relaxed);
+            shared.spool_bytes.store(s.bytes, Ordering::Relaxed);
+        }
+        if let Ok(h) = r.audit_head() {
+            shared.audit_index.store(h.index, Ordering::Relaxed);
+        }
+    }
+    shared.healthy.store(true, Ordering::Relaxed);
+    let thread_shared = Arc::clone(&shared);
+    let handle = std::thread::Builder::new()
+        .name("vvgate-storage".into())
+        .spawn(move || StorageThread::new(store, cfg, clock, thread_shared).run(rx))?;
+    Ok((Committer { tx, shared }, handle))
+}
+
+struct StorageThread {
+    store: Arc<Store>,
+    cfg: CommitConfig,
+    clock: Clock,
+    shared: Arc<Shared>,
+    chain: Chain,
+    details: Vec<u8>,
+    last_sweep: Instant,
+    /// Requests answered 503 because a commit failed, not yet recorded in the log.
+    unrecorded_failures: u64,
+    last_error: String,
+}
+
+impl StorageThread {
+    fn new(store: Arc<Store>, cfg: CommitConfig, clock: Clock, shared: Arc<Shared>) -> Self {
+        let chain = Chain::new(cfg.seal_every);
+        Self {
+            store,
+            cfg,
+            clock,
+            shared,
+            chain,
+            details: Vec::with_capacity(256),
+            last_sweep: Instant::now(),
+            unrecorded_failures: 0,
+            last_error: String::new(),
+        }
+    }
+
+    fn run(mut self, rx: async_channel::Receiver<Op>) {
+        let mut group: Vec<Op> = Vec::with_capacity(self.cfg.max_requests);
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.cfg.max_requests);
+        while let Ok(first) = rx.recv_blocking() {
+            group.push(first);
+            let started = Instant::now();
+            while group.len() < self.cfg.max_requests && started.elapsed() < self.cfg.max_delay {
+                match rx.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut group, &mut outcomes);
+        }
+    }
+
+    fn commit_group(&mut self, group: &mut Vec<Op>, outcomes: &mut Vec<Outcome>) {
+        outcomes.clear();
+        let now = self.clock.now();
+        let sweep = self.last_sweep.elapsed() >= Duration::from_secs(1);
+        let result = {
+            let store = Arc::clone(&self.store);
+            store.batch(|b| {
+                if self.unrecorded_failures > 0 {
+                    self.record_failures(b, now)?;
+                }
+                for op in group.iter_mut() {
+                    let outcome = self.apply(b, now, op)?;
+                    outcomes.push(outcome);
+                }
+                if sweep {
+                    let cutoff = now.secs().saturating_sub(self.cfg.nonce_retention_secs);
+                    b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
+                    b.expire_nonces(NonceSpace::Federation, cutoff)?;
+                }
+                Ok((b.spool_stats(), b.audit_head()))
+            })
+        };
+        match result {
+            Ok((spool, head)) => {
+                if sweep {
+                    self.last_sweep = Instant::now();
+                }
+                self.unrecorded_failures = 0;
+                let s = &self.shared;
+                s.spool_count.store(spool.count, Ordering::Relaxed);
+                s.spool_bytes.store(spool.bytes, Ordering::Relaxed);
+                s.audit_index.store(head.index, Ordering::Relaxed);
+                s.commits.fetch_add(1, Ordering::Relaxed);
+                s.committed_ops
+                    .fetch_add(u64::try_from(group.len()).unwrap_or(0), Ordering::Relaxed);
+                s.healthy.store(true, Ordering::Relaxed);
+                for (op, outcome) in group.drain(..).zip(outcomes.drain(..)) {
+                    if let Some(reply) = op.reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+            }
+            Err(e) => {
+                self.shared.failed_commits.fetch_add(1, Ordering::Relaxed);
+                self.shared.healthy.store(false, Ordering::Relaxed);
+                self.unrecorded_failures += u64::try_from(group.len()).unwrap_or(0);
+                self.last_error = e.to_string();
+                tracing::error!(error = %e, requests = group.len(), "storage commit failed; answering 503");
+                for op in group.drain(..) {
+                    if let Some(reply) = op.reply {
+                        let _ = reply.send(Outcome::Failed);
+                    }
+                }
+                if e.needs_reopen() {
+                    match self.store.reopen() {
+                        Ok(()) => tracing::warn!("database reopened after an I/O error"),
+                        Err(e) => tracing::error!(error = %e, "database reopen failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record, once storage works again, that earlier requests were refused because it did not.
+    fn record_failures(&mut self, b: &mut Batch<'_>, now: crate::time::Micros) -> Result<(), StorageError> {
+        self.details.clear();
+        write_details(
+            &mut self.details,
+            &mut [
+                (
+                    "failed_requests",
+                    Detail::Int(i64::try_from(self.unrecorded_failures).unwrap_or(i64::MAX)),
+                ),
+                ("error", Detail::Str(&self.last_error)),
+                ("status_code", Detail::Int(503)),
+            ],
+        );
+        let details = std::mem::take(&mut self.details);
+        let r = self.chain.append(b, now, ACTOR_SYSTEM, "storage.commit_failed", &details);
+        self.details = details;
+        r.map(|_| ())
+    }
+
+    fn apply(
+        &mut self,
+        b: &mut Batch<'_>,
+        now: crate::time::Micros,
+        op: &mut Op,
+    ) -> Result<Outcome, StorageError> {
+        let outcome = match &op.action {
+            Action::AuditOnly => None,
+            Action::Accept {
+                space,
+                key,
+                record,
+                spool,
+            } => {
+                if let Some(found) = b.nonce_get(*space, key)? {
+                    Some((Outcome::Replay(found), 409, "Replay detected: nonce already used", "nonce_recheck"))
+                } else if spool.as_ref().is_some_and(|s| !self.spool_has_room(b, s)) {
+                    Some((Outcome::SpoolFull, 503, "Telemetry queue publish failed", "spool_full"))
+                } else {
+                    b.nonce_insert(*space, key, record)?;
+                    if let Some(s) = spool {
+                        push_spool(b, now, s)?;
+                    }
+                    None
+                }
+            }
+            Action::DeadLetter(s) => {
+                if self.spool_has_room(b, s) {
+                    push_spool(b, now, s)?;
+                    None
+                } else {
+                    Some((Outcome::SpoolFull, 503, "Telemetry DLQ publish failed", "spool_full"))
+                }
+            }
+        };
+        match outcome {
+            None => {
+                let index = self.chain.append(
+                    b,
+                    now,
+                    op.audit.actor,
+                    op.audit.event_type,
+                    &op.audit.details,
+                )?;
+                Ok(Outcome::Committed { audit_index: index })
+            }
+            Some((outcome, status, detail, sub_reason)) => {
+                // The decision changed inside the transaction: record what was answered.
+                let id = ids::uuid_text(&op.request_id);
+                self.details.clear();
+                write_details(
+                    &mut self.details,
+                    &mut [
+                        ("request_id", Detail::Str(&id)),
+                        ("status_code", Detail::Int(status)),
+                        ("detail", Detail::Str(detail)),
+                        ("sub_reason", Detail::Str(sub_reason)),
+                    ],
+                );
+                let details = std::mem::take(&mut self.details);
+                let r = self.chain.append(
+                    b,
+                    now,
+                    op.audit.actor,
+                    rejected_event(op.route),
+                    &details,
+                );
+                self.details = details;
+                r?;
+                Ok(outcome)
+            }
+        }
+    }
+
+    fn spool_has_room(&self, b: &Batch<'_>, s: &SpoolItem) -> bool {
+        let stats = b.spool_stats();
+        stats.count < self.cfg.spool_max_events
+            && stats.bytes + u64::try_from(s.body.len()).unwrap_or(u64::MAX) <= self.cfg.spool_max_bytes
+    }
+}
+
+fn push_spool(b: &mut Batch<'_>, now: crate::time::Micros, s: &SpoolItem) -> Result<u64, StorageError> {
+    b.spool_push(&SpoolRecord::V1 {
+        kind: s.kind,
+        msg_id: &s.msg_id,
+        integrity_hash: &s.integrity_hash,
+        spooled_at: now.0,
+        body: &s.body,
+    })
+}
+
+/// The rejection event type of a route (CONTRACT.md §6.4).
+pub fn rejected_event(route: Option<Route>) -> &'static str {
+    match route {
+        Some(Route::Telemetry) | None => "telemetry.rejected",
+        Some(Route::ExecutionGraph) => "cognitive.graph.rejected",
+        Some(Route::FeedbackQuery) => "cognitive.feedback.rejected",
+        Some(Route::FederationVerify) => "federation.rejected",
+    }
+}

@@ -1,0 +1,293 @@
+//! One connection's request loop: keep-alive, size limits and deadlines (slowloris), then hand
+//! each complete request to a [`Service`].
+//!
+//! Deadlines: `idle_timeout` while waiting for the first byte of a request (then the connection
+//! is closed silently); `header_read_timeout` for the whole head from its first byte (408 if
+//! the request line arrived, else a silent close); `body_read_timeout` for the whole body (408).
+//! Writes share the body deadline, so a client that stops reading is dropped too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::Timer;
+
+use super::{find_head_end, has_request_line, parse_head, write_response, Head, HeadError, Response, Span};
+
+/// Who is on the other end.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// SHA-256 of the client certificate presented in the TLS handshake (producer listener).
+    pub fingerprint: Option<[u8; 32]>,
+}
+
+/// Framing failures answered by the connection loop itself (CONTRACT.md §2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FramingError {
+    /// 400 `Malformed HTTP request`.
+    Malformed,
+    /// 408 `Request timeout`.
+    Timeout,
+    /// 411 `Content-Length required`.
+    LengthRequired,
+    /// 431 `Request header fields too large`.
+    HeaderTooLarge,
+}
+
+/// Limits the loop enforces.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What a listener does with requests. Responses put their body into `body`.
+pub trait Service {
+    /// Per-connection scratch state, reused for every request on the connection.
+    type State;
+
+    fn new_state(&self) -> Self::State;
+
+    /// Stop serving this connection before the next request (drain, kill switch).
+    fn closing(&self, conn: &ConnInfo) -> bool;
+
+    /// A framing failure: audit it and answer. The connection is closed afterwards.
+    fn framing_error(
+        &self,
+        st: &mut Self::State,
+        conn: &ConnInfo,
+        err: FramingError,
+        body: &mut Vec<u8>,
+    ) -> impl Future<Output = Response>;
+
+    /// Checks that need only the head (routing, media type, size). `Some` answers now without
+    /// reading the body.
+    fn before_body(
+        &self,
+        st: &mut Self::State,
+        conn: &ConnInfo,
+        head: &Head,
+        buf: &[u8],
+        body: &mut Vec<u8>,
+    ) -> impl Future<Output = Option<Response>>;
+
+    /// The request with its complete body at `buf[body_span]`.
+    fn handle(
+        &self,
+        st: &mut Self::State,
+        conn: &ConnInfo,
+        head: &Head,
+        buf: &[u8],
+        body_span: Span,
+        body: &mut Vec<u8>,
+    ) -> impl Future<Output = Response>;
+}
+
+enum ReadErr {
+    Timeout,
+    Closed,
+}
+
+/// Read more bytes into `buf` (growing it by up to `chunk`), racing `timer`.
+async fn read_more<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut Vec<u8>,
+    chunk: usize,
+    timer: &mut Timer,
+) -> Result<usize, ReadErr> {
+    let len = buf.len();
+    buf.resize(len + chunk.max(1), 0);
+    let r = futures_lite::future::or(
+        async {
+            match io.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => Err(ReadErr::Closed),
+                Ok(n) => Ok(n),
+            }
+        },
+        async {
+            (&mut *timer).await;
+            Err(ReadErr::Timeout)
+        },
+    )
+    .await;
+    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    r
+}
+
+async fn write_timed<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8], deadline: Duration) -> bool {
+    futures_lite::future::or(
+        async {
+            io.write_all(data).await.is_ok() && io.flush().await.is_ok()
+        },
+        async {
+            Timer::after(deadline).await;
+            false
+        },
+    )
+    .await
+}
+
+/// Serve requests on `io` until the client leaves, a deadline passes, or a response closes.
+pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
+    svc: &S,
+    mut io: T,
+    conn: &ConnInfo,
+    limits: &ConnLimits,
+) {
+    let mut st = svc.new_state();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut body: Vec<u8> = Vec::with_capacity(256);
+    let mut out: Vec<u8> = Vec::with_capacity(512);
+    let mut timer = Timer::never();
+    let chunk = 16 * 1024;
+
+    'requests: loop {
+        if svc.closing(conn) {
+            break;
+        }
+        // Wait for the next request.
+        if buf.is_empty() {
+            timer.set_after(limits.idle_timeout);
+            if read_more(&mut io, &mut buf, chunk, &mut timer).await.is_err() {
+                break;
+            }
+        }
+        // The head, within its deadline and size.
+        timer.set_after(limits.header_read_timeout);
+        let mut scanned = 0;
+        let head_end = loop {
+            if let Some(end) = find_head_end(&buf, scanned) {
+                break end;
+            }
+            if buf.len() > limits.max_header_bytes {
+                break 'requests fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await;
+            }
+            scanned = buf.len();
+            let room = (limits.max_header_bytes + 4).saturating_sub(buf.len()).clamp(1, chunk);
+            match read_more(&mut io, &mut buf, room, &mut timer).await {
+                Ok(_) => {}
+                Err(ReadErr::Timeout) if has_request_line(&buf) => {
+                    break 'requests fail(svc, &mut st, conn, FramingError::Timeout, &mut io, &mut body, &mut out, limits).await;
+                }
+                Err(_) => break 'requests,
+            }
+        };
+        if head_end > limits.max_header_bytes {
+            break fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await;
+        }
+        let head = match parse_head(&buf[..head_end]) {
+            Ok(h) => h,
+            Err(HeadError::Malformed) => {
+                break fail(svc, &mut st, conn, FramingError::Malformed, &mut io, &mut body, &mut out, limits).await
+            }
+            Err(HeadError::TooLarge) => {
+                break fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await
+            }
+        };
+        if head.transfer_encoding {
+            break fail(svc, &mut st, conn, FramingError::LengthRequired, &mut io, &mut body, &mut out, limits).await;
+        }
+        let announced = head.content_length.unwrap_or(0);
+        let body_len = usize::try_from(announced).unwrap_or(usize::MAX);
+
+        body.clear();
+        if let Some(mut resp) = svc.before_body(&mut st, conn, &head, &buf, &mut body).await {
+            // Answered from the head alone. Keep the connection only if the body (if any) can
+            // be skipped safely: not too large, and not held back by `Expect: 100-continue`.
+            let skip = body_len == 0
+                || (!resp.close && !head.expect_continue && body_len <= limits.max_body_bytes);
+            if skip && body_len > 0 {
+                timer.set_after(limits.body_read_timeout);
+                while buf.len() < head_end + body_len {
+                    let want = (head_end + body_len - buf.len()).min(chunk);
+                    if read_more(&mut io, &mut buf, want, &mut timer).await.is_err() {
+                        break 'requests;
+                    }
+                }
+            }
+            resp.close |= !skip || head.close;
+            if !respond(&mut io, &resp, &body, &mut out, limits).await || resp.close {
+                break;
+            }
+            buf.drain(..(head_end + body_len).min(buf.len()));
+            continue;
+        }
+
+        if head.expect_continue && buf.len() < head_end + body_len
+            && !write_timed(&mut io, b"HTTP/1.1 100 Continue\r\n\r\n", limits.body_read_timeout).await
+        {
+            break;
+        }
+        let total = head_end + body_len;
+        buf.reserve(total.saturating_sub(buf.len()));
+        timer.set_after(limits.body_read_timeout);
+        while buf.len() < total {
+            let want = (total - buf.len()).min(256 * 1024);
+            match read_more(&mut io, &mut buf, want, &mut timer).await {
+                Ok(_) => {}
+                Err(ReadErr::Timeout) => {
+                    break 'requests fail(svc, &mut st, conn, FramingError::Timeout, &mut io, &mut body, &mut out, limits).await;
+                }
+                Err(ReadErr::Closed) => break 'requests,
+            }
+        }
+        let span = Span {
+            start: head_end,
+            end: total,
+        };
+        body.clear();
+        let mut resp = svc.handle(&mut st, conn, &head, &buf, span, &mut body).await;
+        resp.close |= head.close;
+        if !respond(&mut io, &resp, &body, &mut out, limits).await || resp.close {
+            break;
+        }
+        buf.drain(..total);
+        if buf.capacity() > 64 * 1024 && buf.len() < 4096 {
+            buf.shrink_to(8192);
+        }
+    }
+    let _ = futures_lite::future::or(
+        async {
+            let _ = io.close().await;
+        },
+        async {
+            Timer::after(Duration::from_secs(1)).await;
+        },
+    )
+    .await;
+}
+
+#[allow(clippy::too_many_arguments)] // the loop's state, passed rather than captured
+async fn fail<S: Service, T: AsyncWrite + Unpin>(
+    svc: &S,
+    st: &mut S::State,
+    conn: &ConnInfo,
+    err: FramingError,
+    io: &mut T,
+    body: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    limits: &ConnLimits,
+) {
+    body.clear();
+    let mut resp = svc.framing_error(st, conn, err, body).await;
+    resp.close = true;
+    respond(io, &resp, body, out, limits).await;
+}
+
+async fn respond<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    resp: &Response,
+    body: &[u8],
+    out: &mut Vec<u8>,
+    limits: &ConnLimits,
+) -> bool {
+    out.clear();
+    write_response(out, resp, body);
+    write_timed(io, out, limits.body_read_timeout).await
+}
