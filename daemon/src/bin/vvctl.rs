@@ -1,1 +1,252 @@
-fn main() {}
+//! `vvctl`: the operator and producer-side CLI. Parses arguments and calls `vvgate::cli`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use vvgate::audit::VerifyOptions;
+use vvgate::cli::{self, CliError, ProducerArgs, StateSource, Where};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Operate a vvgate gateway and send it signed telemetry")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Which gateway.
+#[derive(Args, Debug, Clone, Default)]
+struct Gw {
+    /// A dev directory made by `vvgated --dev` (its configuration and PKI).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "vvgate-dev")]
+    dev: Option<PathBuf>,
+    /// The gateway's configuration file.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+impl Gw {
+    fn where_(&self) -> Where {
+        Where {
+            dev: self.dev.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A gateway's state: running (control socket) or stopped (database).
+#[derive(Args, Debug, Clone, Default)]
+struct State {
+    #[command(flatten)]
+    gw: Gw,
+    /// Control socket of a running gateway.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// State directory of a stopped gateway.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl State {
+    fn source(&self) -> Result<StateSource, CliError> {
+        StateSource::new(&self.gw.where_(), self.socket.clone(), self.state_dir.clone())
+    }
+}
+
+/// The producer's credentials (default: from --dev).
+#[derive(Args, Debug, Clone, Default)]
+struct Producer {
+    /// Gateway address (default: the configuration's listen address).
+    #[arg(long)]
+    target: Option<String>,
+    /// TLS server name to verify (default: localhost).
+    #[arg(long)]
+    server_name: Option<String>,
+    /// CA certificate of the gateway.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Producer client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Producer client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Producer Ed25519 signing key (raw 32-byte seed or PKCS#8 PEM).
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
+    /// X-Service-Identity (default: spectrastrike-producer).
+    #[arg(long)]
+    identity: Option<String>,
+}
+
+impl Producer {
+    fn args(&self) -> ProducerArgs {
+        ProducerArgs {
+            target: self.target.clone(),
+            server_name: self.server_name.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            signing_key: self.signing_key.clone(),
+            identity: self.identity.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a development PKI: CA, server certificate, producer client certificate and
+    /// Ed25519 signing key, gateway keys; prints the pin and public key.
+    DevPki {
+        /// Output directory.
+        #[arg(long, default_value = "vvgate-pki")]
+        out: PathBuf,
+    },
+    /// Sign and send events as the producer does (CJSON body, Ed25519, contract headers).
+    Send {
+        #[command(flatten)]
+        gw: Gw,
+        #[command(flatten)]
+        producer: Producer,
+        /// Events: a JSON object, an array, or JSON lines; `-` for stdin (default: a sample event).
+        file: Option<PathBuf>,
+        /// Send bodies unchanged (their own timestamp and nonce).
+        #[arg(long)]
+        keep: bool,
+        /// Print curl commands instead of sending.
+        #[arg(long)]
+        curl: bool,
+        /// Send everything this many times, with fresh nonces.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// The outbox.
+    Spool {
+        #[command(subcommand)]
+        cmd: SpoolCmd,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Status of a running gateway.
+    Status {
+        #[command(flatten)]
+        state: State,
+    },
+    /// Load a running gateway with pre-signed requests and report throughput, latency, CPU, RSS.
+    Bench {
+        #[command(flatten)]
+        gw: Gw,
+        #[command(flatten)]
+        producer: Producer,
+        /// Keep-alive connections.
+        #[arg(short = 'c', long, default_value_t = 32)]
+        connections: usize,
+        /// Measured seconds.
+        #[arg(short = 'd', long, default_value_t = 10.0)]
+        duration: f64,
+        /// Warm-up seconds (not measured).
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Pre-signed requests in total (default: 15,000 per second of run).
+        #[arg(long, default_value_t = 0)]
+        requests: usize,
+        /// Extra idle TLS connections held open (RSS with many connections).
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+        /// The gateway's PID (default: asked on its control socket).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SpoolCmd {
+    /// Print the newest spooled envelopes, one JSON line each.
+    Tail {
+        #[command(flatten)]
+        state: State,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Verify the hash chain: prints {"ok":…} and exits 1 when the log is broken.
+    Verify {
+        #[command(flatten)]
+        state: State,
+        /// Verify an exported JSONL file instead (`-` for stdin).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The file is an upstream log (indexes repeat at seals).
+        #[arg(long)]
+        upstream: bool,
+    },
+    /// Print every entry as CJSON lines.
+    Export {
+        #[command(flatten)]
+        state: State,
+    },
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.cmd {
+        Cmd::DevPki { out } => {
+            let pki = vvgate::devpki::generate(&out)?;
+            println!("dev PKI written to {}", pki.dir.display());
+            println!("producer certificate pin (X-Client-Cert-Sha256): {}", pki.producer_pin);
+            println!("producer Ed25519 public key (spectrastrike_ed25519_public_key_b64): {}", pki.producer_public_b64);
+            Ok(())
+        }
+        Cmd::Send { gw, producer, file, keep, curl, repeat } => cli::send::run(
+            &gw.where_(),
+            &producer.args(),
+            &cli::send::SendArgs { file, keep, curl, repeat },
+        ),
+        Cmd::Spool { cmd: SpoolCmd::Tail { state, limit } } => cli::spool::tail(&state.source()?, limit),
+        Cmd::Audit { cmd: AuditCmd::Verify { state, file, upstream } } => {
+            let opts = VerifyOptions { upstream, first_index: None };
+            if file.is_some() {
+                cli::audit::verify(None, file.as_ref(), opts)
+            } else {
+                cli::audit::verify(Some(&state.source()?), None, opts)
+            }
+        }
+        Cmd::Audit { cmd: AuditCmd::Export { state } } => cli::audit::export(&state.source()?),
+        Cmd::Status { state } => match state.source()?.ask("{\"cmd\":\"status\"}")? {
+            Some(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            None => Err(CliError::Failed("the gateway is not running (no control socket)".into())),
+        },
+        Cmd::Bench { gw, producer, connections, duration, warmup, requests, idle, pid, json } => cli::bench::run(
+            &gw.where_(),
+            &producer.args(),
+            &cli::bench::BenchArgs { connections, duration, warmup, requests, idle, pid, json },
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    vvgate::logging::init();
+    vvgate::logging::raise_fd_limit();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vvctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

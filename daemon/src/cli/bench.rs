@@ -1,0 +1,309 @@
+//! `vvctl bench`: N keep-alive mTLS connections sending pre-signed valid requests to a running
+//! gateway; prints requests/s, latency percentiles, and the gateway's CPU and RSS.
+//!
+//! Requests are built and signed before the timed window (signing costs the client about as
+//! much as verifying costs the gateway), with unique nonces and timestamps taken at build time,
+//! so keep warm-up plus duration inside the gateway's clock skew window. Pin the gateway and
+//! this tool to different cores for fair numbers (`taskset -c 1 vvgated …`,
+//! `taskset -c 0 vvctl bench …`; see docs/benchmarks.md).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::{resolve_producer, CliError, ProducerArgs, ProducerTarget, Where};
+use crate::client::{self, Connection, SAMPLE_EVENT};
+
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    pub connections: usize,
+    pub duration: f64,
+    pub warmup: f64,
+    /// Pre-signed requests in total (0: enough for 15,000 req/s over the whole run).
+    pub requests: usize,
+    /// Extra idle TLS connections held open during the run.
+    pub idle: usize,
+    /// The gateway's PID (default: asked on its control socket).
+    pub pid: Option<u32>,
+    pub json: bool,
+}
+
+const NONCE_MARK: &str = "ffffffff-ffff-4fff-bfff-fffffffffffe";
+const TS_MARK: &str = "1999999998";
+
+/// A body template with the positions of its nonce and timestamp.
+struct Template {
+    body: Vec<u8>,
+    nonce_at: Vec<usize>,
+    ts_at: Vec<usize>,
+}
+
+fn positions(hay: &[u8], needle: &[u8]) -> Vec<usize> {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+impl Template {
+    fn new() -> Result<Self, CliError> {
+        let v: serde_json::Value =
+            serde_json::from_str(SAMPLE_EVENT).map_err(|e| CliError::Usage(e.to_string()))?;
+        let body = client::prepare_event(&v, TS_MARK.parse().unwrap_or(0), NONCE_MARK)?;
+        Ok(Self {
+            nonce_at: positions(&body, NONCE_MARK.as_bytes()),
+            ts_at: positions(&body, TS_MARK.as_bytes()),
+            body,
+        })
+    }
+
+    fn fill(&self, ts: &str, nonce: &str) -> Vec<u8> {
+        let mut b = self.body.clone();
+        for &p in &self.nonce_at {
+            b[p..p + nonce.len()].copy_from_slice(nonce.as_bytes());
+        }
+        for &p in &self.ts_at {
+            b[p..p + ts.len()].copy_from_slice(ts.as_bytes());
+        }
+        b
+    }
+}
+
+/// Build `n` signed requests (in parallel, one thread per core).
+fn presign(t: &ProducerTarget, tpl: &Template, n: usize) -> Vec<Vec<u8>> {
+    let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let per = n.div_ceil(threads);
+    let idem = "0c40dbd5295bc42311cb7f980880d9407e386bca6f83639de3a38144a037e6cd";
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut rng = crate::ids::Random::new();
+                    let count = per.min(n.saturating_sub(k * per));
+                    let mut out = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let nonce = crate::ids::uuid_text(&rng.uuid_v4());
+                        let ts = crate::time::Clock::system().now().secs();
+                        let body = tpl.fill(&ts.to_string(), &nonce);
+                        out.push(t.producer.request(&t.host, ts, &nonce, &body, Some(idem)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// utime+stime in seconds, and current/peak RSS in KiB.
+fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    #[allow(clippy::cast_precision_loss)] // seconds of CPU, displayed
+    Some((ticks as f64 / hz as f64, kib("VmRSS:"), kib("VmHWM:")))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+struct ThreadResult {
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    errors: u64,
+}
+
+pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliError> {
+    let t = Arc::new(resolve_producer(w, pa)?);
+    let pid = match args.pid {
+        Some(p) => Some(p),
+        None => {
+            let cfg = w.load()?;
+            cfg.and_then(|c| super::control(&c.control.socket_path, "{\"cmd\":\"status\"}").ok().flatten())
+                .and_then(|lines| {
+                    let v: serde_json::Value = serde_json::from_str(lines.first()?).ok()?;
+                    u32::try_from(v.get("pid")?.as_u64()?).ok()
+                })
+        }
+    };
+    let conns = args.connections.max(1);
+    let total = if args.requests > 0 {
+        args.requests
+    } else {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small positive
+        let n = (15_000.0 * (args.duration + args.warmup)) as usize;
+        n.max(conns)
+    };
+    let tpl = Template::new()?;
+    let build = Instant::now();
+    let mut reqs = presign(&t, &tpl, total);
+    eprintln!(
+        "vvctl bench: pre-signed {} requests in {:.1} s; {} connections, {:.1} s warm-up, {:.1} s measured",
+        reqs.len(),
+        build.elapsed().as_secs_f64(),
+        conns,
+        args.warmup,
+        args.duration
+    );
+
+    let mut idle = Vec::with_capacity(args.idle);
+    for _ in 0..args.idle {
+        idle.push(Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(15))?);
+    }
+
+    // Split the requests per connection.
+    let mut per_conn: Vec<Vec<Vec<u8>>> = (0..conns).map(|_| Vec::new()).collect();
+    for (i, r) in reqs.drain(..).enumerate() {
+        per_conn[i % conns].push(r);
+    }
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let warm = Duration::from_secs_f64(args.warmup);
+    let mut handles = Vec::new();
+    for list in per_conn {
+        let (t, barrier, stop) = (Arc::clone(&t), Arc::clone(&barrier), Arc::clone(&stop));
+        handles.push(std::thread::spawn(move || {
+            let mut res = ThreadResult {
+                latencies_us: Vec::with_capacity(list.len()),
+                statuses: BTreeMap::new(),
+                errors: 0,
+            };
+            let conn = Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(30));
+            barrier.wait();
+            let Ok(mut conn) = conn else {
+                res.errors += 1;
+                return res;
+            };
+            let start = Instant::now();
+            for req in list {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t0 = Instant::now();
+                match conn.send(&req) {
+                    Ok(r) => {
+                        if t0.duration_since(start) >= warm {
+                            res.latencies_us.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            *res.statuses.entry(r.status).or_default() += 1;
+                        }
+                    }
+                    Err(_) => {
+                        res.errors += 1;
+                        match Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(30)) {
+                            Ok(c) => conn = c,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            res
+        }));
+    }
+    let load_before = loadavg();
+    barrier.wait();
+    std::thread::sleep(warm);
+    let cpu0 = pid.and_then(proc_stats);
+    let measured_start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    stop.store(true, Ordering::Relaxed);
+    let measured = measured_start.elapsed().as_secs_f64();
+    let cpu1 = pid.and_then(proc_stats);
+    let mut lat = Vec::new();
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut errors = 0;
+    for h in handles {
+        let r = h.join().map_err(|_| CliError::Failed("a bench thread panicked".into()))?;
+        lat.extend(r.latencies_us);
+        for (s, n) in r.statuses {
+            *statuses.entry(s).or_default() += n;
+        }
+        errors += r.errors;
+    }
+    drop(idle);
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(lat[i]) / 1000.0
+    };
+    let n = lat.len();
+    #[allow(clippy::cast_precision_loss)]
+    let rps = n as f64 / measured;
+    let ok = statuses.get(&202).copied().unwrap_or(0);
+    let (cpu_us, rss, peak) = match (cpu0, cpu1) {
+        #[allow(clippy::cast_precision_loss)]
+        (Some((c0, _, _)), Some((c1, rss, peak))) => (
+            if n > 0 { (c1 - c0) * 1e6 / n as f64 } else { 0.0 },
+            rss,
+            peak,
+        ),
+        _ => (0.0, 0, 0),
+    };
+    let cpu_share = match (cpu0, cpu1) {
+        (Some((c0, _, _)), Some((c1, _, _))) => (c1 - c0) / measured * 100.0,
+        _ => 0.0,
+    };
+    let load_after = loadavg();
+    if args.json {
+        println!(
+            "{{\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\"}}",
+            args.idle,
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    } else {
+        let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        println!("requests    {n} in {measured:.2} s ({}), errors {errors}", status_list.join(", "));
+        println!("throughput  {rps:.0} req/s");
+        println!("latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", pct(0.5), pct(0.99), pct(1.0));
+        match pid {
+            Some(p) => println!(
+                "gateway     pid {p}: {cpu_us:.1} µs CPU/request ({cpu_share:.0}% of a core), RSS {:.1} MiB (peak {:.1} MiB) with {} idle + {conns} busy connections",
+                kib_to_mib(rss),
+                kib_to_mib(peak),
+                args.idle
+            ),
+            None => println!("gateway     pid unknown (pass --pid or --dev/--config with a reachable control socket)"),
+        }
+        println!("load        {load_before} -> {load_after}");
+    }
+    if ok == 0 || errors > 0 || statuses.keys().any(|&s| s != 202) {
+        return Err(CliError::Failed(format!(
+            "not every request was accepted: statuses {statuses:?}, errors {errors}"
+        )));
+    }
+    Ok(())
+}
+
+fn kib_to_mib(kib: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let v = kib as f64 / 1024.0;
+    v
+}

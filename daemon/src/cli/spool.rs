@@ -1,0 +1,19 @@
+//! `vvctl spool tail`: the newest envelopes in the outbox.
+
+use super::{CliError, StateSource};
+
+pub fn tail(src: &StateSource, limit: usize) -> Result<(), CliError> {
+    if let Some(lines) = src.ask(&format!("{{\"cmd\":\"spool_tail\",\"limit\":{limit}}}"))? {
+        for l in lines {
+            println!("{l}");
+        }
+        return Ok(());
+    }
+    let store = src.open()?;
+    let mut out = Vec::new();
+    for (seq, raw) in store.read()?.spool_tail(limit)? {
+        crate::control::spool_line(seq, &raw, &mut out);
+    }
+    print!("{}", String::from_utf8_lossy(&out));
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The control socket: a Unix socket for operators (`vvctl`), checked with `SO_PEERCRED`.
+//! One JSON request line in, JSON lines out, then the connection closes.
+//!
+//! Commands: `{"cmd":"status"}`, `{"cmd":"spool_tail","limit":N}`,
+//! `{"cmd":"audit_export","from":N}`. Reads run in bounded chunks on the event loop.
+//! Also here: `sd_notify` for systemd.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use smol::io::BufReader;
+use smol::net::unix::{UnixListener, UnixStream};
+use smol::LocalExecutor;
+
+use crate::config::ControlConfig;
+use crate::gateway::Gateway;
+use crate::json::{Cjson, Doc, Kind, Tape};
+
+/// Bind the control socket, replacing a stale socket file but never a live one.
+pub async fn bind(cfg: &ControlConfig) -> std::io::Result<(UnixListener, ControlConfig)> {
+    let path = &cfg.socket_path;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running gateway", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let mode = if cfg.allowed_gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok((listener, cfg.clone()))
+}
+
+/// Remove the socket file at shutdown.
+pub fn unbind(cfg: &ControlConfig) {
+    let _ = std::fs::remove_file(&cfg.socket_path);
+}
+
+fn allowed(stream: &UnixStream, cfg: &ControlConfig) -> bool {
+    let Ok(cred) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+    else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    cred.uid() == 0
+        || cred.uid() == me
+        || cfg.allowed_uid == Some(cred.uid())
+        || cfg.allowed_gid == Some(cred.gid())
+}
+
+/// Accept operator connections.
+pub async fn serve(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, bound: (UnixListener, ControlConfig)) {
+    let (listener, cfg) = bound;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            smol::Timer::after(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        if !allowed(&stream, &cfg) {
+            tracing::warn!("control connection refused: peer not allowed");
+            continue;
+        }
+        let gw = Rc::clone(&gw);
+        ex.spawn(async move {
+            let _ = handle(&gw, stream).await;
+        })
+        .detach();
+    }
+}
+
+async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.clone());
+    let mut line = String::new();
+    let read = futures_lite::future::or(
+        async { reader.read_line(&mut line).await.map(Some) },
+        async {
+            smol::Timer::after(std::time::Duration::from_secs(5)).await;
+            Ok(None)
+        },
+    )
+    .await?;
+    let mut out = stream;
+    if read.is_none() || line.len() > 4096 {
+        return out.write_all(b"{\"error\":\"request line missing or too long\"}\n").await;
+    }
+    let mut tape = Tape::new();
+    let Ok(doc) = tape.parse(line.trim_end().as_bytes()) else {
+        return out.write_all(b"{\"error\":\"request is not JSON\"}\n").await;
+    };
+    let cmd = doc
+        .get(Doc::ROOT, "cmd")
+        .filter(|&i| doc.kind(i) == Kind::Str)
+        .map(|i| doc.str(i).into_owned())
+        .unwrap_or_default();
+    let num = |name: &str, default: u64| {
+        doc.get(Doc::ROOT, name)
+            .and_then(|i| doc.as_i64(i))
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(default)
+    };
+    match cmd.as_str() {
+        "status" => {
+            let mut buf = Vec::new();
+            status(gw, &mut buf);
+            buf.push(b'\n');
+            out.write_all(&buf).await
+        }
+        "spool_tail" => spool_tail(gw, &mut out, usize::try_from(num("limit", 10).min(10_000)).unwrap_or(10)).await,
+        "audit_export" => audit_export(gw, &mut out, num("from", 1).max(1)).await,
+        _ => out.write_all(b"{\"error\":\"unknown command\"}\n").await,
+    }
+}
+
+fn status(gw: &Gateway, buf: &mut Vec<u8>) {
+    let s = &gw.committer.shared;
+    let reasons = gw.readiness();
+    let mut w = Cjson::new(buf);
+    w.begin_obj()
+        .key("audit_entries")
+        .u64(s.audit_index.load(Ordering::Relaxed))
+        .key("connections")
+        .u64(u64::try_from(gw.connections.get()).unwrap_or(0))
+        .key("pid")
+        .u64(u64::from(std::process::id()))
+        .key("ready")
+        .bool(reasons.is_empty())
+        .key("reasons")
+        .begin_arr();
+    for r in &reasons {
+        w.str(r);
+    }
+    w.end_arr()
+        .key("spool_bytes")
+        .u64(s.spool_bytes.load(Ordering::Relaxed))
+        .key("spool_events")
+        .u64(s.spool_count.load(Ordering::Relaxed))
+        .key("version")
+        .str(env!("CARGO_PKG_VERSION"))
+        .end_obj();
+}
+
+/// One spool entry as a JSON line: its metadata and the envelope itself.
+pub fn spool_line(seq: u64, raw: &[u8], out: &mut Vec<u8>) {
+    match vvgate_storage::decode_spool(raw) {
+        Ok(rec) => {
+            let mut w = Cjson::new(out);
+            w.begin_obj()
+                .key("body")
+                .raw(rec.body())
+                .key("integrity_hash")
+                .str(rec.integrity_hash())
+                .key("kind")
+                .str(rec.kind().as_str())
+                .key("msg_id")
+                .str(rec.msg_id())
+                .key("seq")
+                .u64(seq)
+                .key("spooled_at")
+                .u64(rec.spooled_at())
+                .end_obj();
+        }
+        Err(e) => {
+            let mut w = Cjson::new(out);
+            w.begin_obj()
+                .key("error")
+                .str(&e.to_string())
+                .key("seq")
+                .u64(seq)
+                .end_obj();
+        }
+    }
+    out.push(b'\n');
+}
+
+async fn spool_tail(gw: &Gateway, out: &mut UnixStream, limit: usize) -> std::io::Result<()> {
+    let rows = gw.store.read().and_then(|r| r.spool_tail(limit));
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => return out.write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes()).await,
+    };
+    let mut buf = Vec::with_capacity(4096);
+    for (seq, raw) in rows {
+        spool_line(seq, &raw, &mut buf);
+        if buf.len() > 64 * 1024 {
+            out.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    out.write_all(&buf).await
+}
+
+async fn audit_export(gw: &Gateway, out: &mut UnixStream, from: u64) -> std::io::Result<()> {
+    let mut next = from;
+    loop {
+        let rows = match gw.store.read().and_then(|r| r.audit_range(next, 1000)) {
+            Ok(r) => r,
+            Err(e) => return out.write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes()).await,
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(rows.len() * 600);
+        for (index, line) in &rows {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+            next = index + 1;
+        }
+        out.write_all(&buf).await?;
+        smol::future::yield_now().await;
+    }
+}
+
+/// Tell systemd about a state change (`READY=1`, `STOPPING=1`, ...), if it is listening.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(msg.as_bytes(), &addr))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,17 @@
+//! Exit codes: a fixed, documented contract with systemd (`RestartPreventExitStatus=`) and
+//! operators (docs/exit-codes.md). Values follow sysexits.h.
+
+/// Clean shutdown.
+pub const OK: u8 = 0;
+/// Bad command line.
+pub const USAGE: u8 = 64;
+/// A key store (HSM) is unavailable or a key is missing or unusable.
+pub const UNAVAILABLE: u8 = 69;
+/// An internal error.
+pub const SOFTWARE: u8 = 70;
+/// A listener could not be bound, or the state directory could not be created.
+pub const CANTCREAT: u8 = 73;
+/// Storage I/O failed (database open, format).
+pub const IOERR: u8 = 74;
+/// Invalid configuration.
+pub const CONFIG: u8 = 78;

@@ -1,0 +1,600 @@
+//! The running gateway: the event loop's shared state, the producer and ops listeners, and the
+//! start-up and shutdown sequence. One thread runs every connection (a smol `LocalExecutor`);
+//! the storage thread commits; nothing here blocks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_rustls::TlsAcceptor;
+use smol::net::{TcpListener, TcpStream};
+use smol::{LocalExecutor, Timer};
+use vvgate_storage::{NonceRecord, Route, Store};
+
+use crate::audit::{write_details, Detail, ACTOR_GATEWAY, ACTOR_SYSTEM};
+use crate::commit::{self, Action, AuditItem, Committer, Op, Outcome, SubmitError};
+use crate::config::Config;
+use crate::http::conn::{self, ConnInfo, ConnLimits, FramingError, Service};
+use crate::http::{Head, Method, Response, Span};
+use crate::ids::{self, Random};
+use crate::ingest::{self, rate::RateLimiter, replay::InFlight, ConnState, Ctx, Refusal, Rejection};
+use crate::metrics::Metrics;
+use crate::schema::Catalogue;
+use crate::time::Clock;
+
+const TELEMETRY: &[u8] = b"/internal/v1/telemetry";
+const HEALTHZ: &[u8] = b"/healthz";
+const READYZ: &[u8] = b"/readyz";
+const METRICS: &[u8] = b"/metrics";
+
+/// State shared by every task on the event loop.
+pub struct Gateway {
+    pub cfg: Rc<Config>,
+    pub clock: Clock,
+    pub store: Arc<Store>,
+    pub committer: Committer,
+    pub catalogue: Option<Rc<Catalogue>>,
+    pub inflight: InFlight,
+    pub rate: RefCell<RateLimiter>,
+    pub metrics: Metrics,
+    pub rng: RefCell<Random>,
+    /// Spool bytes and entries promised to requests whose commit is pending.
+    pending_spool: Cell<(u64, u64)>,
+    pub connections: Cell<usize>,
+    next_conn_id: Cell<u64>,
+    pub draining: Cell<bool>,
+    /// Refused handshakes not yet written to the audit log, by reason.
+    tls_rejects: RefCell<BTreeMap<&'static str, u64>>,
+    default_body_limit: bool,
+    limits: ConnLimits,
+}
+
+impl Gateway {
+    pub fn new(cfg: Rc<Config>, clock: Clock, store: Arc<Store>, committer: Committer, catalogue: Option<Catalogue>) -> Self {
+        let limits = ConnLimits {
+            max_header_bytes: cfg.limits.max_header_bytes,
+            max_body_bytes: cfg.limits.max_body_bytes,
+            header_read_timeout: cfg.limits.header_read_timeout,
+            body_read_timeout: cfg.limits.body_read_timeout,
+            idle_timeout: cfg.limits.idle_timeout,
+        };
+        Self {
+            default_body_limit: cfg.limits.max_body_bytes == 1_048_576,
+            limits,
+            cfg,
+            clock,
+            store,
+            committer,
+            catalogue: catalogue.map(Rc::new),
+            inflight: InFlight::default(),
+            rate: RefCell::default(),
+            metrics: Metrics::default(),
+            rng: RefCell::new(Random::new()),
+            pending_spool: Cell::new((0, 0)),
+            connections: Cell::new(0),
+            next_conn_id: Cell::new(1),
+            draining: Cell::new(false),
+            tls_rejects: RefCell::default(),
+        }
+    }
+
+    pub fn new_request_id(&self) -> [u8; 16] {
+        self.rng.borrow_mut().uuid_v4()
+    }
+
+    /// Step 29: whether the spool can take `bytes` more, counting pending commits.
+    pub fn spool_has_room(&self, bytes: u64) -> bool {
+        let s = &self.committer.shared;
+        let (pending_n, pending_b) = self.pending_spool.get();
+        s.spool_count.load(Ordering::Relaxed) + pending_n < self.cfg.spool_max_events
+            && s.spool_bytes.load(Ordering::Relaxed) + pending_b + bytes <= self.cfg.spool_max_bytes
+    }
+
+    pub fn reserve_spool(&self, bytes: u64) {
+        let (n, b) = self.pending_spool.get();
+        self.pending_spool.set((n + 1, b + bytes));
+    }
+
+    pub fn release_spool(&self, bytes: u64) {
+        let (n, b) = self.pending_spool.get();
+        self.pending_spool.set((n.saturating_sub(1), b.saturating_sub(bytes)));
+    }
+
+    /// Audit a refusal (and spool its dead letter), then answer it. If the audit entry cannot
+    /// be made durable the answer is 503, whatever the refusal was.
+    pub async fn refuse(&self, ctx: &Ctx<'_>, mut f: Refusal, out: &mut Vec<u8>) -> Response {
+        let dlq_len = f.dlq.as_ref().map_or(0, |d| u64::try_from(d.body.len()).unwrap_or(u64::MAX));
+        if f.dlq.is_some() && !self.spool_has_room(dlq_len) {
+            f.rejection = Rejection::DlqSpoolFull;
+            f.dlq = None;
+        }
+        let mut details = Vec::with_capacity(256);
+        let status = i64::from(f.rejection.status());
+        let detail = f.rejection.reason(self.default_body_limit);
+        let original = f.original.map(|o| ids::uuid_text(&o));
+        let mut fields = heapless::Vec::<(&str, Detail<'_>), 8>::new();
+        let _ = fields.extend_from_slice(&[
+            ("request_id", Detail::Str(&ctx.request_id_text)),
+            ("status_code", Detail::Int(status)),
+            ("detail", Detail::Str(detail)),
+        ]);
+        if let Some(i) = ctx.identity {
+            let _ = fields.push(("service_identity", Detail::Str(i)));
+        }
+        if let Some(s) = f.rejection.sub_reason() {
+            let _ = fields.push(("sub_reason", Detail::Str(s)));
+        }
+        if let Some(o) = &original {
+            let _ = fields.push(("original_request_id", Detail::Str(o)));
+        }
+        write_details(&mut details, &mut fields);
+        let event_type = if f.rejection.is_http_level() {
+            "http.rejected"
+        } else {
+            commit::rejected_event(ctx.route)
+        };
+        let action = match f.dlq.take() {
+            Some(d) => Action::DeadLetter(d),
+            None => Action::AuditOnly,
+        };
+        let op = Op {
+            request_id: ctx.request_id,
+            route: ctx.route,
+            action,
+            audit: AuditItem {
+                actor: ACTOR_GATEWAY,
+                event_type,
+                details,
+            },
+            reply: None,
+        };
+        self.reserve_spool(dlq_len);
+        let outcome = self.committer.commit(op).await;
+        self.release_spool(dlq_len);
+        match outcome {
+            Ok(Outcome::Committed { .. }) | Ok(Outcome::Replay(_)) => self.answer(ctx, f, out),
+            Ok(Outcome::SpoolFull) => self.answer(ctx, Rejection::DlqSpoolFull.into(), out),
+            Ok(Outcome::Failed) | Err(SubmitError::Closed) => {
+                self.answer(ctx, Rejection::PersistenceFailed.into(), out)
+            }
+            Err(SubmitError::Full) => self.answer(ctx, Rejection::Overloaded.into(), out),
+        }
+    }
+
+    /// Write the answer to a refusal that is already audited (or cannot be).
+    pub fn answer(&self, ctx: &Ctx<'_>, f: Refusal, out: &mut Vec<u8>) -> Response {
+        let r = f.rejection;
+        out.clear();
+        let original = f.original.map(|o| ids::uuid_text(&o));
+        ingest::refusal_body(out, r.reason(self.default_body_limit), original.as_ref());
+        self.metrics.count(r.status(), r.reason(self.default_body_limit));
+        let mut resp = Response::new(r.status());
+        resp.request_id = Some(ctx.request_id_text.clone());
+        resp.close = r.closes_connection();
+        resp.retry_after = match f.retry_after {
+            Some(s) => Some(s),
+            None if r.status() == 503 => Some(self.cfg.retry_after_seconds),
+            None => None,
+        };
+        if r == Rejection::MethodNotAllowed {
+            resp.allow = Some(if ctx.route.is_some() { "POST" } else { "GET" });
+        }
+        resp
+    }
+
+    /// Step 15 found the nonce: an identical re-send or a plain replay (CONTRACT.md §3.6).
+    pub async fn resend(
+        &self,
+        ctx: &Ctx<'_>,
+        rec: NonceRecord,
+        body_sha256: [u8; 32],
+        out: &mut Vec<u8>,
+    ) -> Response {
+        let NonceRecord::V1 {
+            body_sha256: recorded,
+            request_id: original,
+            route,
+            ..
+        } = rec;
+        let identical = Some(route) == ctx.route && recorded == body_sha256;
+        if !identical {
+            return self.refuse(ctx, Rejection::NonceReused.into(), out).await;
+        }
+        if !self.cfg.idempotent_retry {
+            let f = Refusal {
+                original: Some(original),
+                ..Rejection::NonceReused.into()
+            };
+            return self.refuse(ctx, f, out).await;
+        }
+        let original_text = ids::uuid_text(&original);
+        let mut details = Vec::with_capacity(160);
+        write_details(
+            &mut details,
+            &mut [
+                ("request_id", Detail::Str(&ctx.request_id_text)),
+                ("status_code", Detail::Int(202)),
+                ("original_request_id", Detail::Str(&original_text)),
+            ],
+        );
+        let op = Op {
+            request_id: ctx.request_id,
+            route: ctx.route,
+            action: Action::AuditOnly,
+            audit: AuditItem {
+                actor: ACTOR_GATEWAY,
+                event_type: "telemetry.idempotent_replay",
+                details,
+            },
+            reply: None,
+        };
+        match self.committer.commit(op).await {
+            Ok(Outcome::Committed { .. }) => {
+                out.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
+                out.extend_from_slice(original_text.as_bytes());
+                out.extend_from_slice(b"\"}");
+                self.metrics.count(202, "idempotent_replay");
+                let mut r = Response::new(202);
+                r.request_id = Some(ctx.request_id_text.clone());
+                r.idempotent_replay = true;
+                r
+            }
+            Err(SubmitError::Full) => self.answer(ctx, Rejection::Overloaded.into(), out),
+            _ => self.answer(ctx, Rejection::PersistenceFailed.into(), out),
+        }
+    }
+
+    /// Why the gateway is not ready (CONTRACT.md §2.5); empty when ready.
+    pub fn readiness(&self) -> heapless::Vec<&'static str, 8> {
+        let mut reasons = heapless::Vec::new();
+        let s = &self.committer.shared;
+        if !s.healthy.load(Ordering::Relaxed) {
+            let _ = reasons.push("storage_unavailable");
+        }
+        if s.spool_count.load(Ordering::Relaxed) >= self.cfg.spool_max_events
+            || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes
+        {
+            let _ = reasons.push("spool_full");
+        }
+        if self.draining.get() {
+            let _ = reasons.push("draining");
+        }
+        reasons
+    }
+
+    fn health(&self, out: &mut Vec<u8>) -> Response {
+        let reasons = self.readiness();
+        match reasons.first() {
+            None => ingest::health_body(self, out),
+            Some(first) => {
+                out.extend_from_slice(b"{\"status\":\"degraded\",\"detail\":");
+                crate::json::write_str(out, first);
+                out.push(b'}');
+            }
+        }
+        Response::new(200)
+    }
+
+    fn ready(&self, out: &mut Vec<u8>) -> Response {
+        let reasons = self.readiness();
+        if reasons.is_empty() {
+            out.extend_from_slice(b"{\"status\":\"ready\"}");
+            return Response::new(200);
+        }
+        let mut w = crate::json::Cjson::new(out);
+        w.begin_obj().key("status").str("not_ready").key("reasons").begin_arr();
+        for r in &reasons {
+            w.str(r);
+        }
+        w.end_arr().end_obj();
+        Response::new(503)
+    }
+
+    fn render_metrics(&self, out: &mut Vec<u8>) -> Response {
+        let s = &self.committer.shared;
+        let text = self.metrics.render(&[
+            ("vvgate_connections_open", "Open producer connections.", u64::try_from(self.connections.get()).unwrap_or(0)),
+            ("vvgate_spool_events", "Envelopes in the spool.", s.spool_count.load(Ordering::Relaxed)),
+            ("vvgate_spool_bytes", "Bytes of envelopes in the spool.", s.spool_bytes.load(Ordering::Relaxed)),
+            ("vvgate_audit_entries", "Entries in the audit log.", s.audit_index.load(Ordering::Relaxed)),
+            ("vvgate_storage_commits_total", "Group commits.", s.commits.load(Ordering::Relaxed)),
+            ("vvgate_storage_committed_ops_total", "Decisions committed.", s.committed_ops.load(Ordering::Relaxed)),
+            ("vvgate_storage_failed_commits_total", "Failed group commits.", s.failed_commits.load(Ordering::Relaxed)),
+            ("vvgate_ready", "1 when ready.", u64::from(self.readiness().is_empty())),
+        ]);
+        out.extend_from_slice(text.as_bytes());
+        Response::new(200)
+    }
+
+    /// Count a refused handshake; entries are written once a second, coalesced by reason.
+    pub fn tls_rejected(&self, reason: &'static str) {
+        self.metrics.tls_rejected(reason);
+        *self.tls_rejects.borrow_mut().entry(reason).or_default() += 1;
+    }
+
+    /// Write pending `tls.rejected` entries (fire-and-forget).
+    fn flush_tls_rejects(&self) {
+        let pending = std::mem::take(&mut *self.tls_rejects.borrow_mut());
+        for (reason, count) in pending {
+            let id = self.new_request_id();
+            let mut details = Vec::with_capacity(96);
+            write_details(
+                &mut details,
+                &mut [
+                    ("sub_reason", Detail::Str(reason)),
+                    ("count", Detail::Int(i64::try_from(count).unwrap_or(i64::MAX))),
+                ],
+            );
+            let op = Op {
+                request_id: id,
+                route: None,
+                action: Action::AuditOnly,
+                audit: AuditItem {
+                    actor: ACTOR_GATEWAY,
+                    event_type: "tls.rejected",
+                    details,
+                },
+                reply: None,
+            };
+            if self.committer.submit(op).is_err() {
+                // Try again next second.
+                *self.tls_rejects.borrow_mut().entry(reason).or_default() += count;
+            }
+        }
+    }
+
+    /// Write a gateway-level audit entry and wait for it.
+    pub async fn audit_system(&self, event_type: &'static str, fields: &mut [(&str, Detail<'_>)]) -> bool {
+        let mut details = Vec::with_capacity(160);
+        write_details(&mut details, fields);
+        let op = Op {
+            request_id: self.new_request_id(),
+            route: None,
+            action: Action::AuditOnly,
+            audit: AuditItem {
+                actor: ACTOR_SYSTEM,
+                event_type,
+                details,
+            },
+            reply: None,
+        };
+        matches!(self.committer.commit(op).await, Ok(Outcome::Committed { .. }))
+    }
+}
+
+/// The producer listener's request handling.
+pub struct Producer(pub Rc<Gateway>);
+
+/// The ops listener (plain HTTP on loopback): health, readiness, metrics. Not audited.
+pub struct Ops(pub Rc<Gateway>);
+
+fn path<'b>(head: &Head, buf: &'b [u8]) -> &'b [u8] {
+    head.path.get(buf)
+}
+
+impl Service for Producer {
+    type State = ConnState;
+
+    fn new_state(&self) -> ConnState {
+        ConnState::default()
+    }
+
+    fn closing(&self, _conn: &ConnInfo) -> bool {
+        self.0.draining.get()
+    }
+
+    async fn framing_error(&self, _st: &mut ConnState, _conn: &ConnInfo, err: FramingError, body: &mut Vec<u8>) -> Response {
+        let gw = &*self.0;
+        let ctx = Ctx::new(gw, &Head::default(), &[], None);
+        let r = match err {
+            FramingError::Malformed => Rejection::MalformedHttp,
+            FramingError::Timeout => Rejection::RequestTimeout,
+            FramingError::LengthRequired => Rejection::LengthRequired,
+            FramingError::HeaderTooLarge => Rejection::HeaderTooLarge,
+        };
+        gw.refuse(&ctx, r.into(), body).await
+    }
+
+    async fn before_body(&self, _st: &mut ConnState, _conn: &ConnInfo, head: &Head, buf: &[u8], body: &mut Vec<u8>) -> Option<Response> {
+        let gw = &*self.0;
+        let p = path(head, buf);
+        let method = head.method.unwrap_or(Method::Other);
+        let (route, refusal) = match (p, method) {
+            (TELEMETRY, Method::Post) => match ingest::telemetry_before_body(gw, head, buf) {
+                None => return None,
+                Some(r) => (Some(Route::Telemetry), r),
+            },
+            (TELEMETRY, _) => (Some(Route::Telemetry), Rejection::MethodNotAllowed),
+            (HEALTHZ, Method::Get) => return Some(with_id(gw, gw.health(body))),
+            (READYZ, Method::Get) => return Some(with_id(gw, gw.ready(body))),
+            (HEALTHZ | READYZ, _) => (None, Rejection::MethodNotAllowed),
+            _ => (None, Rejection::NotFound),
+        };
+        let ctx = Ctx::new(gw, head, buf, route);
+        Some(gw.refuse(&ctx, refusal.into(), body).await)
+    }
+
+    async fn handle(&self, st: &mut ConnState, conn: &ConnInfo, head: &Head, buf: &[u8], span: Span, body: &mut Vec<u8>) -> Response {
+        ingest::telemetry(&self.0, st, conn, head, buf, span, body).await
+    }
+}
+
+fn with_id(gw: &Gateway, mut r: Response) -> Response {
+    r.request_id = Some(ids::uuid_text(&gw.new_request_id()));
+    r
+}
+
+impl Service for Ops {
+    type State = ();
+
+    fn new_state(&self) {}
+
+    fn closing(&self, _conn: &ConnInfo) -> bool {
+        self.0.draining.get()
+    }
+
+    async fn framing_error(&self, _st: &mut (), _conn: &ConnInfo, err: FramingError, body: &mut Vec<u8>) -> Response {
+        let status = match err {
+            FramingError::Malformed => 400,
+            FramingError::Timeout => 408,
+            FramingError::LengthRequired => 411,
+            FramingError::HeaderTooLarge => 431,
+        };
+        crate::http::error_body(body, crate::http::reason_phrase(status));
+        Response::new(status)
+    }
+
+    async fn before_body(&self, _st: &mut (), _conn: &ConnInfo, head: &Head, buf: &[u8], body: &mut Vec<u8>) -> Option<Response> {
+        let gw = &*self.0;
+        let get = head.method == Some(Method::Get);
+        Some(match path(head, buf) {
+            HEALTHZ if get => gw.health(body),
+            READYZ if get => gw.ready(body),
+            METRICS if get => gw.render_metrics(body),
+            HEALTHZ | READYZ | METRICS => {
+                crate::http::error_body(body, "Method Not Allowed");
+                let mut r = Response::new(405);
+                r.allow = Some("GET");
+                r
+            }
+            _ => {
+                crate::http::error_body(body, "Not Found");
+                Response::new(404)
+            }
+        })
+    }
+
+    async fn handle(&self, _st: &mut (), _conn: &ConnInfo, _head: &Head, _buf: &[u8], _span: Span, body: &mut Vec<u8>) -> Response {
+        crate::http::error_body(body, "Not Found");
+        Response::new(404)
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends.
+struct ConnSlot(Rc<Gateway>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get().saturating_sub(1));
+    }
+}
+
+/// Accept producer connections: refuse past `max_connections` before any TLS work, then
+/// handshake within the header deadline and serve.
+pub async fn accept_producers(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener, acceptor: TlsAcceptor) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if gw.draining.get() {
+            break;
+        }
+        if gw.connections.get() >= gw.cfg.limits.max_connections {
+            gw.metrics.connections_refused.set(gw.metrics.connections_refused.get() + 1);
+            gw.tls_rejected("connection_limit");
+            drop(tcp);
+            continue;
+        }
+        gw.connections.set(gw.connections.get() + 1);
+        gw.metrics.connections_accepted.set(gw.metrics.connections_accepted.get() + 1);
+        let id = gw.next_conn_id.get();
+        gw.next_conn_id.set(id + 1);
+        let slot = ConnSlot(Rc::clone(&gw));
+        let acceptor = acceptor.clone();
+        let gw2 = Rc::clone(&gw);
+        ex.spawn(async move {
+            let _slot = slot;
+            serve_producer(gw2, tcp, peer, id, acceptor).await;
+        })
+        .detach();
+    }
+}
+
+async fn serve_producer(gw: Rc<Gateway>, tcp: TcpStream, peer: SocketAddr, id: u64, acceptor: TlsAcceptor) {
+    let _ = tcp.set_nodelay(true);
+    let handshake = futures_lite::future::or(
+        async { acceptor.accept(tcp).await },
+        async {
+            Timer::after(gw.limits.header_read_timeout).await;
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout"))
+        },
+    )
+    .await;
+    let tls = match handshake {
+        Ok(t) => t,
+        Err(e) => {
+            let reason = crate::tls::classify(&e);
+            tracing::debug!(%peer, reason, error = %e, "TLS handshake refused");
+            gw.tls_rejected(reason);
+            return;
+        }
+    };
+    let fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| crate::tls::fingerprint(c));
+    let info = ConnInfo {
+        id,
+        peer,
+        fingerprint,
+    };
+    let limits = gw.limits.clone();
+    conn::serve(&Producer(Rc::clone(&gw)), tls, &info, &limits).await;
+}
+
+/// Accept ops connections (loopback, plain HTTP).
+pub async fn accept_ops(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener) {
+    let open_count = Rc::new(Cell::new(0usize));
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            Timer::after(Duration::from_millis(50)).await;
+            continue;
+        };
+        if gw.draining.get() {
+            break;
+        }
+        // A small fixed cap: the ops listener is for local scrapers and probes.
+        let open = open_count.get();
+        if open >= 64 {
+            drop(tcp);
+            continue;
+        }
+        open_count.set(open + 1);
+        let (gw2, oc) = (Rc::clone(&gw), Rc::clone(&open_count));
+        ex.spawn(async move {
+            let info = ConnInfo {
+                id: 0,
+                peer,
+                fingerprint: None,
+            };
+            let limits = gw2.limits.clone();
+            conn::serve(&Ops(Rc::clone(&gw2)), tcp, &info, &limits).await;
+            oc.set(oc.get().saturating_sub(1));
+        })
+        .detach();
+    }
+}
+
+/// Flush coalesced handshake refusals into the audit log once a second.
+pub async fn tls_reject_flusher(gw: Rc<Gateway>) {
+    loop {
+        Timer::after(Duration::from_secs(1)).await;
+        gw.flush_tls_rejects();
+        if gw.draining.get() && gw.connections.get() == 0 {
+            gw.flush_tls_rejects();
+            break;
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Start-up and shutdown of `vvgated`.
+//!
+//! Start-up checks everything before serving: keys load, the TLS configuration builds, the
+//! database opens with a known format. Then the listeners bind, `gateway.started` is
+//! committed, and readiness is announced (a line on stdout and `READY=1` to systemd).
+//! SIGTERM/SIGINT drain: no new connections, open ones finish their current request, the
+//! last decisions are committed, `gateway.stopped` is written.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use smol::net::TcpListener;
+use smol::{LocalExecutor, Timer};
+use vvgate_hsm::file::FileKeyStore;
+use vvgate_hsm::{HsmError, KeyStore};
+use vvgate_storage::{StorageError, Store};
+
+use crate::audit::Detail;
+use crate::commit::{self, CommitConfig};
+use crate::config::{Config, ConfigError, KeystoreBackend};
+use crate::exit;
+use crate::gateway::{self, Gateway};
+use crate::schema::Catalogue;
+use crate::time::Clock;
+use crate::tls::{self, TlsError};
+
+/// Why the gateway could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("key store: {0}")]
+    Keys(#[from] HsmError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("telemetry_gateway.mitre_catalogue_path {path}: {detail}")]
+    Catalogue { path: String, detail: String },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) | RunError::Catalogue { .. } => exit::CONFIG,
+            RunError::Keys(_) => exit::UNAVAILABLE,
+            RunError::Tls(TlsError::ServerKey(_)) => exit::UNAVAILABLE,
+            RunError::Tls(_) => exit::CONFIG,
+            RunError::Storage(_) => exit::IOERR,
+            RunError::StateDir { .. } | RunError::Bind { .. } => exit::CANTCREAT,
+            RunError::Io { .. } => exit::SOFTWARE,
+        }
+    }
+}
+
+/// What `prepare` built: everything that can fail before the first byte is served.
+pub struct Prepared {
+    cfg: Rc<Config>,
+    server_config: Arc<rustls::ServerConfig>,
+    catalogue: Option<Catalogue>,
+}
+
+/// Check keys, TLS material and the catalogue without opening storage or sockets
+/// (`vvgated --check-config` stops here).
+pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
+    let keystore: Box<dyn KeyStore> = match cfg.keystore.backend {
+        KeystoreBackend::File => Box::new(FileKeyStore::new()),
+        // Refused by config validation in this build.
+        KeystoreBackend::Pkcs11 => {
+            return Err(RunError::Keys(HsmError::WrongBackend {
+                key: "keystore.backend".into(),
+                backend: "pkcs11",
+            }))
+        }
+    };
+    let server_config = tls::server_config(&cfg, keystore.as_ref())?;
+    keystore.record_signer(&cfg.audit.checkpoint_key)?;
+    for (kid, key) in &cfg.feedback_keys {
+        if let Err(e) = keystore.record_signer(key) {
+            tracing::warn!(kid, error = %e, "feedback key unusable; the feedback route will answer 503");
+        }
+    }
+    for (kid, key) in &cfg.evidence.keys {
+        keystore.kek(key).map_err(|e| {
+            tracing::error!(kid, "evidence key unusable");
+            e
+        })?;
+    }
+    let catalogue = if cfg.enforce_mitre_catalogue {
+        Some(match &cfg.mitre_catalogue_path {
+            None => Catalogue::builtin(),
+            Some(p) => {
+                let bad = |detail: String| RunError::Catalogue {
+                    path: p.display().to_string(),
+                    detail,
+                };
+                let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
+                Catalogue::from_tsv(&text).map_err(bad)?
+            }
+        })
+    } else {
+        None
+    };
+    Ok(Prepared {
+        cfg: Rc::new(cfg),
+        server_config,
+        catalogue,
+    })
+}
+
+fn ensure_state_dir(dir: &Path) -> Result<(), RunError> {
+    let err = |source| RunError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The database file in a state directory.
+pub fn database_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("vvgate.redb")
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// Run the gateway until SIGTERM or SIGINT.
+pub fn run(p: Prepared) -> Result<(), RunError> {
+    let cfg = Rc::clone(&p.cfg);
+    ensure_state_dir(&cfg.state_dir)?;
+    let store = Arc::new(Store::open(&database_path(&cfg.state_dir), cfg.storage_cache_bytes)?);
+    let clock = Clock::system();
+    let commit_cfg = CommitConfig {
+        max_requests: cfg.group_commit_max_requests,
+        max_delay: cfg.group_commit_max_delay,
+        seal_every: cfg.audit.seal_every,
+        spool_max_events: cfg.spool_max_events,
+        spool_max_bytes: cfg.spool_max_bytes,
+        nonce_retention_secs: cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1,
+    };
+    let (committer, storage_thread) =
+        commit::start(Arc::clone(&store), commit_cfg, cfg.limits.max_in_flight, clock)
+            .map_err(|source| RunError::Io {
+                what: "cannot start the storage thread",
+                source,
+            })?;
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|source| RunError::Io {
+        what: "cannot install signal handlers",
+        source,
+    })?;
+
+    let gw = Rc::new(Gateway::new(
+        Rc::clone(&cfg),
+        clock,
+        Arc::clone(&store),
+        committer.clone(),
+        p.catalogue,
+    ));
+    let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
+    let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
+
+    let result: Result<(), RunError> = smol::block_on(ex.run(async {
+        let producer = bind("the producer listener", cfg.listen).await?;
+        let ops = bind("the ops listener", cfg.ops_listen).await?;
+        let producer_addr = producer.local_addr().map_err(|source| RunError::Io { what: "listener address", source })?;
+        let ops_addr = ops.local_addr().map_err(|source| RunError::Io { what: "listener address", source })?;
+        let control = crate::control::bind(&cfg.control).await.map_err(|source| RunError::Io {
+            what: "cannot create the control socket",
+            source,
+        })?;
+
+        let started = gw
+            .audit_system(
+                "gateway.started",
+                &mut [
+                    ("version", Detail::Str(env!("CARGO_PKG_VERSION"))),
+                    ("listen", Detail::Str(&producer_addr.to_string())),
+                    ("mode", Detail::Str(if cfg.mode == crate::config::Mode::Dev { "dev" } else { "production" })),
+                ],
+            )
+            .await;
+        if !started {
+            return Err(RunError::Io {
+                what: "cannot write the first audit entry",
+                source: std::io::Error::other("storage commit failed"),
+            });
+        }
+        ex.spawn(gateway::accept_producers(Rc::clone(&gw), Rc::clone(&ex), producer, acceptor)).detach();
+        ex.spawn(gateway::accept_ops(Rc::clone(&gw), Rc::clone(&ex), ops)).detach();
+        ex.spawn(gateway::tls_reject_flusher(Rc::clone(&gw))).detach();
+        ex.spawn(crate::control::serve(Rc::clone(&gw), Rc::clone(&ex), control)).detach();
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(producer = %producer_addr, ops = %ops_addr, "vvgated ready");
+        println!("vvgated ready producer={producer_addr} ops={ops_addr} control={}", cfg.control.socket_path.display());
+        crate::control::sd_notify("READY=1");
+
+        while let Some(sig) = signals.next().await {
+            match sig {
+                Ok(async_signal::Signal::Hup) => {
+                    tracing::warn!("SIGHUP: configuration reload is not available in this build; ignored");
+                }
+                _ => break,
+            }
+        }
+        tracing::info!("shutting down: draining connections");
+        crate::control::sd_notify("STOPPING=1");
+        gw.draining.set(true);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.connections.get() > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(20)).await;
+        }
+        gw.audit_system(
+            "gateway.stopped",
+            &mut [("open_connections", Detail::Int(i64::try_from(gw.connections.get()).unwrap_or(0)))],
+        )
+        .await;
+        Ok(())
+    }));
+    crate::control::unbind(&cfg.control);
+    committer.close();
+    drop(gw);
+    drop(ex);
+    let _ = storage_thread.join();
+    result
+}
