@@ -179,12 +179,11 @@ impl Connection {
             .map_err(|e| ClientError::Response(e.to_string()))?;
         let conn = ClientConnection::new(config, name)?;
         let mut tls = StreamOwned::new(conn, tcp);
+        // With TLS 1.3 the server judges our certificate after our Finished: a refusal
+        // surfaces on the first read (the first response), not here.
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;
         }
-        // TLS 1.3: the server's verdict on our certificate arrives after our Finished; read
-        // once so a refusal surfaces here and not on the first request.
-        tls.conn.complete_io(&mut tls.sock).ok();
         Ok(Self {
             io: Box::new(tls),
             buf: Vec::with_capacity(4096),

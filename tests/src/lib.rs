@@ -1,1 +1,451 @@
-//! placeholder
+//! Harness for end-to-end tests: runs the real `vvgated` binary (built beside the test
+//! executable) in its own temporary state directory, speaks to it over real mutual TLS, and
+//! reads its spool and audit log through `vvctl`'s control socket protocol.
+//!
+//! A [`Gateway`] sends SIGTERM on drop, waits, and asserts that the daemon exited cleanly and
+//! never logged a panic; when the test failed, its directory is kept and printed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use vvgate::client::{self, Connection, HttpResponse, Producer};
+use vvgate::devpki::{self, DevCa};
+
+pub use vvgate;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Path of a binary built by this workspace (`vvgated`, `vvctl`).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase())) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` before the e2e tests",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "vvgate-e2e-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
+
+/// Test PKI: the dev PKI plus certificates for negative cases.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+    /// Pin of the producer certificate P (`producer.pem`).
+    pub producer_pin: String,
+    pub producer_public_b64: String,
+    /// Certificate Q from the same CA, pinned for identity `other-service`.
+    pub other_pin: String,
+    /// A certificate from the same CA that is pinned for nobody (`unpinned.pem`).
+    pub unpinned_pin: String,
+    /// A client certificate from another CA (`foreign.pem`), pinned for `foreign-service`.
+    pub foreign_pin: String,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        let pki = devpki::generate(dir).expect("dev pki");
+        let ca = DevCa::load(dir).expect("ca");
+        let other_pin = ca.issue_client(dir, "other", "other-service").expect("q");
+        let unpinned_pin = ca.issue_client(dir, "unpinned", "nobody").expect("unpinned");
+        let foreign_ca = DevCa::new("foreign CA").expect("foreign ca");
+        let foreign_pin = foreign_ca
+            .issue_client(dir, "foreign", "foreign-service")
+            .expect("foreign");
+        Self {
+            dir: dir.to_owned(),
+            producer_pin: pki.producer_pin,
+            producer_public_b64: pki.producer_public_b64,
+            other_pin,
+            unpinned_pin,
+            foreign_pin,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The producer P.
+    pub fn producer(&self) -> Producer {
+        self.producer_as("producer", "spectrastrike-producer")
+    }
+
+    /// A producer presenting certificate `name` and claiming `identity`.
+    pub fn producer_as(&self, name: &str, identity: &str) -> Producer {
+        Producer::load(
+            &self.path("ca.pem"),
+            &self.path(&format!("{name}.pem")),
+            &self.path(&format!("{name}.key")),
+            &self.path("producer-signing.seed"),
+            identity,
+        )
+        .expect("producer")
+    }
+}
+
+/// Options for a gateway under test.
+#[derive(Clone, Debug, Default)]
+pub struct Opts {
+    /// Extra `[telemetry_gateway]` lines.
+    pub gateway_toml: String,
+    /// Extra sections appended at the end.
+    pub extra_toml: String,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Opts {
+    pub fn with(mut self, line: &str) -> Self {
+        self.gateway_toml.push_str(line);
+        self.gateway_toml.push('\n');
+        self
+    }
+}
+
+/// The configuration text for a gateway in `dir` with PKI `pki`.
+pub fn config_text(dir: &Path, pki: &Pki, opts: &Opts) -> String {
+    format!(
+        r#"[telemetry_gateway]
+mode = "dev"
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+spectrastrike_ed25519_public_key_b64 = "{pk}"
+allowed_service_identities = {{ "spectrastrike-producer" = "{p}", "other-service" = "{q}", "foreign-service" = "{f}" }}
+operator_tenant_map = {{ "op-001" = "10000000-0000-0000-0000-000000000001", "op-002" = "20000000-0000-0000-0000-000000000002" }}
+{extra_gw}
+[tls]
+server_cert_path = "{pki}/server.pem"
+server_key = "file:{pki}/server.key"
+client_ca_path = "{pki}/ca.pem"
+
+[audit]
+checkpoint_origin = "vvgate.e2e.test/audit"
+checkpoint_key = "file:{pki}/checkpoint.pem"
+
+[keystore]
+backend = "file"
+
+[ops]
+listen = "127.0.0.1:0"
+
+[control]
+socket_path = "{state}/control.sock"
+{extra}
+"#,
+        state = dir.join("state").display(),
+        pki = pki.dir.display(),
+        pk = pki.producer_public_b64,
+        p = pki.producer_pin,
+        q = pki.other_pin,
+        f = pki.foreign_pin,
+        extra_gw = opts.gateway_toml,
+        extra = opts.extra_toml,
+    )
+}
+
+/// A running `vvgated`.
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub pki: Pki,
+    pub opts: Opts,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub ops: SocketAddr,
+    pub control: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Start a gateway with default options.
+    pub fn start() -> Self {
+        Self::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Self {
+        let dir = temp_dir("gw");
+        let pki = Pki::new(&dir.join("pki"));
+        Self::start_in(dir, pki, opts)
+    }
+
+    /// Start in an existing directory (reusing its state and PKI).
+    pub fn start_in(dir: PathBuf, pki: Pki, opts: Opts) -> Self {
+        let config = dir.join("vvgate.toml");
+        std::fs::write(&config, config_text(&dir, &pki, &opts)).expect("write config");
+        let log = dir.join(format!("vvgated-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let mut g = Self {
+            dir,
+            pki,
+            opts,
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control: PathBuf::new(),
+            child: None,
+            log,
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::File::create(&self.log).expect("log file");
+        let mut cmd = Command::new(bin("vvgated"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("VVGATE_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn vvgated");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("vvgated ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("vvgated did not become ready:\n{}", self.log_text());
+            }
+        };
+        for part in line.split_whitespace() {
+            if let Some(v) = part.strip_prefix("producer=") {
+                self.addr = v.parse().expect("producer addr");
+            } else if let Some(v) = part.strip_prefix("ops=") {
+                self.ops = v.parse().expect("ops addr");
+            } else if let Some(v) = part.strip_prefix("control=") {
+                self.control = PathBuf::from(v);
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop with SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("vvgated did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again with the same directory, configuration and options.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            let code = self.stop();
+            assert_eq!(code, Some(0), "vvgated exit status\n{}", self.log_text());
+        }
+        std::fs::write(&self.config, config_text(&self.dir, &self.pki, &self.opts)).expect("config");
+        self.log = self
+            .dir
+            .join(format!("vvgated-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        self.spawn();
+    }
+
+    /// A new keep-alive connection as producer P.
+    pub fn connect(&self) -> Connection {
+        self.connect_as(&self.pki.producer())
+    }
+
+    pub fn connect_as(&self, p: &Producer) -> Connection {
+        Connection::connect_tls(self.addr, "localhost", p.tls.clone(), Duration::from_secs(20))
+            .expect("connect")
+    }
+
+    /// Ask the control socket.
+    pub fn control(&self, request: &str) -> Vec<String> {
+        vvgate::cli::control(&self.control, request)
+            .expect("control socket")
+            .expect("gateway running")
+    }
+
+    /// Every spool entry (newest last) as JSON.
+    pub fn spool(&self) -> Vec<serde_json::Value> {
+        self.control("{\"cmd\":\"spool_tail\",\"limit\":10000}")
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("spool line"))
+            .collect()
+    }
+
+    /// Every audit entry as JSON.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.audit_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("audit line"))
+            .collect()
+    }
+
+    pub fn audit_lines(&self) -> Vec<String> {
+        self.control("{\"cmd\":\"audit_export\",\"from\":1}")
+    }
+
+    /// The audit entry whose `details.request_id` is `id`.
+    pub fn audit_for(&self, id: &str) -> Option<serde_json::Value> {
+        self.audit()
+            .into_iter()
+            .find(|e| e["details"]["request_id"] == id)
+    }
+
+    /// Plain GET on the ops listener.
+    pub fn ops_get(&self, path: &str) -> HttpResponse {
+        let mut c = Connection::connect_plain(self.ops, Duration::from_secs(10)).expect("ops");
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("ops get")
+    }
+
+    /// Run `vvctl` with arguments; returns (exit code, stdout, stderr).
+    pub fn vvctl(&self, args: &[&str]) -> (i32, String, String) {
+        vvctl(args)
+    }
+}
+
+/// Run `vvctl`.
+pub fn vvctl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("vvctl")).args(args).output().expect("vvctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        let code = self.stop();
+        let log = self.log_text();
+        if failing {
+            eprintln!("gateway directory kept: {}\n--- log ---\n{log}", self.dir.display());
+            return;
+        }
+        assert!(!log.contains("panicked"), "vvgated panicked:\n{log}");
+        if let Some(code) = code {
+            assert_eq!(code, 0, "vvgated exited with {code}:\n{log}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Current Unix seconds.
+pub fn now() -> u64 {
+    vvgate::time::Clock::system().now().secs()
+}
+
+/// A fresh random nonce (UUID text).
+pub fn nonce() -> String {
+    vvgate::ids::uuid_text(&vvgate::ids::Random::new().uuid_v4()).to_string()
+}
+
+/// The sample event as a JSON value.
+pub fn sample() -> serde_json::Value {
+    serde_json::from_str(client::SAMPLE_EVENT).expect("sample")
+}
+
+/// A signed valid request V for `ts` and `nonce` (with a template mutation applied first).
+pub struct Signed {
+    pub body: Vec<u8>,
+    pub ts: u64,
+    pub nonce: String,
+}
+
+pub fn event_with(ts: u64, nonce: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Signed {
+    let mut v = sample();
+    let body = client::prepare_event(&v, ts, nonce).expect("prepare");
+    v = serde_json::from_slice(&body).expect("reparse");
+    edit(&mut v);
+    Signed {
+        body: client::canonical(&v).expect("canonical"),
+        ts,
+        nonce: nonce.to_owned(),
+    }
+}
+
+/// A fresh valid event.
+pub fn valid() -> Signed {
+    event_with(now(), &nonce(), |_| {})
+}
+
+/// Send `s` signed by `p` with the standard headers.
+pub fn request(p: &Producer, s: &Signed) -> Vec<u8> {
+    p.request("localhost", s.ts, &s.nonce, &s.body, None)
+}
+
+/// Read all bytes until EOF (for raw-socket tests).
+pub fn read_to_end(r: &mut impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.read_to_end(&mut v);
+    v
+}
+
+/// Parse a response body as JSON.
+pub fn json(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {}", r.body_text()))
+}
+
+/// Wait until `f` holds (polling), or panic after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -17,6 +17,7 @@ use std::time::Duration;
 use vvgate_hsm::KeyRef;
 
 pub use env::parse_bool;
+pub use validate::{parse_ed25519_public, parse_pin};
 
 /// Where the configuration file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vvgate/vvgate.toml";

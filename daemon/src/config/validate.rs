@@ -43,11 +43,9 @@ impl Checker<'_> {
 
     fn path(&mut self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
-        if p.is_absolute() {
-            p
-        } else {
-            self.base.join(p)
-        }
+        let joined = if p.is_absolute() { p } else { self.base.join(p) };
+        // Drop `.` components so messages and socket paths read cleanly.
+        joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
     }
 
     fn required<T>(&mut self, key: &str, v: Option<T>) -> Option<T> {
@@ -118,7 +116,7 @@ impl Checker<'_> {
 
 /// Decode a producer public key: strict standard base64 of 32 bytes, a valid Edwards point
 /// that is not of small order (the all-zero key among them).
-pub(crate) fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
+pub fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| format!("not valid standard base64: {e}"))?;
@@ -139,7 +137,7 @@ pub(crate) fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
 }
 
 /// Parse a certificate pin: 64 hex (any case) or `AB:CD:…`; placeholders refused.
-pub(crate) fn parse_pin(s: &str) -> Result<[u8; 32], String> {
+pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
     let t = s.trim();
     let hex: String = if t.contains(':') {
         let parts: Vec<&str> = t.split(':').collect();

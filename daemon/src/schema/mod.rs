@@ -9,6 +9,8 @@
 //! Order inside the steps matters only for which error is reported first; the status and
 //! reason of each step are decided by `ingest`.
 
+mod attrs;
+mod check;
 mod contract_v2;
 mod datetime;
 pub mod mitre;
@@ -153,8 +155,10 @@ pub struct PayloadInfo<'a> {
 pub struct Scratch {
     pub(crate) text: String,
     pub(crate) text2: String,
-    pub(crate) order: Vec<usize>,
+    /// A stack of sanitised object keys with their key node; entries past `keys_used` are
+    /// spare strings kept for their capacity.
     pub(crate) keys: Vec<(String, usize)>,
+    pub(crate) keys_used: usize,
 }
 
 /// `payload.attributes.schema_version` as received (unsanitised), for steps 26–27 (§4.6).
