@@ -70,11 +70,18 @@ pub async fn serve(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, bound: (Unix
         };
         if !allowed(&stream, &cfg) {
             tracing::warn!("control connection refused: peer not allowed");
+            let mut s = stream;
+            ex.spawn(async move {
+                let _ = s.write_all(b"{\"error\":\"not allowed\"}\n").await;
+            })
+            .detach();
             continue;
         }
         let gw = Rc::clone(&gw);
         ex.spawn(async move {
-            let _ = handle(&gw, stream).await;
+            if let Err(e) = handle(&gw, stream).await {
+                tracing::warn!(error = %e, "control connection failed");
+            }
         })
         .detach();
     }
