@@ -197,10 +197,13 @@ fn id_str(
 ) -> Result<usize, Violation> {
     let i = required_str(doc, slot, field)?;
     str_len(doc.char_len(i), 1, max, field)?;
-    if !doc
-        .chars(i)
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
-    {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    let ok = if doc.node(i).flag {
+        doc.chars(i).all(allowed)
+    } else {
+        doc.raw(i).chars().all(allowed)
+    };
+    if !ok {
         return Err(pattern_mismatch(field, ID_PATTERN));
     }
     Ok(i)

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::json::{write_chars, write_str, Doc};
+use crate::json::{write_chars, write_escaped, Doc};
 
 /// Python's `str.isspace()`: Unicode `White_Space` plus U+001C–U+001F.
 pub(crate) fn is_py_space(c: char) -> bool {
@@ -44,8 +44,9 @@ fn injection_regex() -> Option<&'static Regex> {
 
 /// Whether `s` matches one of the contract's injection patterns.
 pub fn injection_detected(s: &str) -> bool {
-    // Cheap exit: every pattern needs at least one whitespace character.
-    if !s.contains(is_py_space) {
+    // Cheap exit: every pattern needs a white-space character, which is an ASCII byte in
+    // 0x09-0x0D or 0x1C-0x20, or non-ASCII.
+    if !s.bytes().any(|b| b <= 0x20 || b >= 0x80) {
         return false;
     }
     // The pattern is a constant covered by tests; should it ever fail to compile, every
@@ -91,17 +92,93 @@ impl Iterator for Escaped<'_> {
     }
 }
 
-fn needs_html_escape(s: &str) -> bool {
-    s.bytes()
-        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\''))
+/// The entity for an HTML-special ASCII byte.
+fn entity(b: u8) -> Option<&'static str> {
+    match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'"' => Some("&quot;"),
+        b'\'' => Some("&#x27;"),
+        _ => None,
+    }
+}
+
+/// Bytes that HTML escaping and CJSON both copy unchanged: printable ASCII except
+/// `" \\ & < > '`.
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b: u8 = 0x20;
+    while b < 0x7f {
+        t[b as usize] = !matches!(b, b'"' | b'\\' | b'&' | b'<' | b'>' | b'\'');
+        b += 1;
+    }
+    t
+};
+
+/// How many characters escaping adds to each byte: `entity(b).len() - 1`.
+const GROWTH: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'&' as usize] = 4;
+    t[b'<' as usize] = 3;
+    t[b'>' as usize] = 3;
+    t[b'"' as usize] = 5;
+    t[b'\'' as usize] = 5;
+    t
+};
+
+/// How many characters escaping adds to `s`.
+fn escape_growth(s: &str) -> usize {
+    s.bytes().map(|b| usize::from(GROWTH[usize::from(b)])).sum()
+}
+
+/// Whether `escape(t)` has at most `max` characters, so no cut applies.
+fn no_cut(t: &str, max: usize) -> bool {
+    // One character escapes to at most six (`&quot;`, `&#x27;`), and bytes bound characters
+    // from above: count only when these bounds are not enough.
+    if t.len().saturating_mul(6) <= max {
+        return true;
+    }
+    let growth = escape_growth(t);
+    t.len().saturating_add(growth) <= max || t.chars().count().saturating_add(growth) <= max
+}
+
+/// Write `escape(t)` as CJSON string content, in one pass.
+fn write_html_cjson(out: &mut Vec<u8>, t: &str) {
+    let bytes = t.as_bytes();
+    let (mut i, mut run) = (0, 0);
+    while let Some(&b) = bytes.get(i) {
+        if PLAIN[usize::from(b)] {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&bytes[run..i]);
+        if let Some(e) = entity(b) {
+            out.extend_from_slice(e.as_bytes());
+            i += 1;
+        } else {
+            // A character CJSON escapes: `\`, a control character or non-ASCII.
+            let len = match b {
+                0..=0x7f => 1,
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            write_escaped(out, t.get(i..i + len).unwrap_or("\u{fffd}"));
+            i += len;
+        }
+        run = i;
+    }
+    out.extend_from_slice(&bytes[run..]);
 }
 
 /// Write `escape(strip(s))[:max]` (§4.4 "escape", then the cut) as a CJSON string literal.
 pub(crate) fn write_sanitized(out: &mut Vec<u8>, s: &str, max: usize) {
     let t = py_strip(s);
-    // Fast path: nothing to escape and short enough that no cut can happen.
-    if t.len() <= max && !needs_html_escape(t) {
-        write_str(out, t);
+    if no_cut(t, max) {
+        out.push(b'"');
+        write_html_cjson(out, t);
+        out.push(b'"');
     } else {
         write_chars(out, Escaped::new(t).take(max));
     }
@@ -111,20 +188,72 @@ pub(crate) fn write_sanitized(out: &mut Vec<u8>, s: &str, max: usize) {
 pub(crate) fn sanitize_into(s: &str, max: usize, buf: &mut String) {
     buf.clear();
     let t = py_strip(s);
-    if t.len() <= max && !needs_html_escape(t) {
-        buf.push_str(t);
-    } else {
+    if !no_cut(t, max) {
         buf.extend(Escaped::new(t).take(max));
+        return;
     }
+    let mut run = 0;
+    for (i, b) in t.bytes().enumerate() {
+        if let Some(e) = entity(b) {
+            buf.push_str(&t[run..i]);
+            buf.push_str(e);
+            run = i + 1;
+        }
+    }
+    buf.push_str(&t[run..]);
 }
 
 /// The decoded text of string node `i`: the source slice when it has no escapes, else
 /// decoded into `buf`.
 pub(crate) fn node_text<'a: 't, 't>(doc: &Doc<'a>, i: usize, buf: &'t mut String) -> &'t str {
+    let raw = doc.raw(i);
     if doc.node(i).flag {
-        doc.str_into(i, buf);
+        decode_into(raw, buf);
         buf.as_str()
     } else {
-        doc.raw(i)
+        raw
     }
+}
+
+/// Decode the raw content of a JSON string the parser accepted, copying unescaped stretches
+/// whole.
+fn decode_into(raw: &str, buf: &mut String) {
+    buf.clear();
+    let bytes = raw.as_bytes();
+    let (mut i, mut run) = (0, 0);
+    while let Some(off) = bytes[i..].iter().position(|&b| b == b'\\') {
+        let at = i + off;
+        buf.push_str(&raw[run..at]);
+        let (c, len) = match bytes.get(at + 1) {
+            Some(b'b') => (Some('\u{8}'), 2),
+            Some(b'f') => (Some('\u{c}'), 2),
+            Some(b'n') => (Some('\n'), 2),
+            Some(b'r') => (Some('\r'), 2),
+            Some(b't') => (Some('\t'), 2),
+            Some(b'u') => {
+                let unit = hex4(bytes, at + 2);
+                if (0xD800..0xDC00).contains(&unit) {
+                    let low = hex4(bytes, at + 8);
+                    let cp = 0x10000 + ((unit - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                    (char::from_u32(cp), 12)
+                } else {
+                    (char::from_u32(unit), 6)
+                }
+            }
+            // `"`, `\\`, `/`.
+            Some(&e) => (Some(char::from(e)), 2),
+            None => (None, 1),
+        };
+        buf.push(c.unwrap_or('\u{FFFD}'));
+        i = (at + len).min(bytes.len());
+        run = i;
+    }
+    buf.push_str(&raw[run..]);
+}
+
+fn hex4(bytes: &[u8], at: usize) -> u32 {
+    bytes.get(at..at + 4).map_or(0xFFFD, |d| {
+        d.iter()
+            .fold(0, |v, &h| v * 16 + char::from(h).to_digit(16).unwrap_or(0))
+    })
 }

@@ -123,3 +123,16 @@ fn sanitised_strings_are_written_as_cjson() {
     write_sanitized(&mut out, "'<x>'", 7);
     assert_eq!(out, br#""&#x27;&""#);
 }
+
+#[test]
+fn escaped_json_strings_decode_like_the_parser() {
+    use super::super::sanitize::node_text;
+    let src =
+        r#"["a\"b\\c\/d\b\f\n\r\t\u0041\u00e9\u20ac\ud83d\ude00é😀", "\\", "\u0000x", "plain"]"#;
+    let mut tape = crate::json::Tape::new();
+    let doc = tape.parse(src.as_bytes()).expect("parses");
+    let mut buf = String::new();
+    for e in doc.elements(Doc::ROOT) {
+        assert_eq!(node_text(&doc, e, &mut buf), doc.str(e));
+    }
+}
