@@ -234,7 +234,12 @@ impl Connection {
                     let headers: Vec<(String, String)> = resp
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     let len: usize = headers
                         .iter()
@@ -282,7 +287,13 @@ pub struct Producer {
 
 impl Producer {
     /// Load from files.
-    pub fn load(ca: &Path, cert: &Path, key: &Path, signing: &Path, identity: &str) -> Result<Self, ClientError> {
+    pub fn load(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        signing: &Path,
+        identity: &str,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             tls: client_config(ca, cert, key)?,
             identity: identity.to_owned(),
@@ -292,12 +303,25 @@ impl Producer {
     }
 
     /// Sign `body` (already CJSON) for `ts`/`nonce` and serialise the request.
-    pub fn request(&self, host: &str, ts: u64, nonce: &str, body: &[u8], idempotency_key: Option<&str>) -> Vec<u8> {
+    pub fn request(
+        &self,
+        host: &str,
+        ts: u64,
+        nonce: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> Vec<u8> {
         let h = self.headers(ts, nonce, body, idempotency_key);
         post_request("/internal/v1/telemetry", host, &h, body)
     }
 
-    pub fn headers(&self, ts: u64, nonce: &str, body: &[u8], idempotency_key: Option<&str>) -> ProducerHeaders {
+    pub fn headers(
+        &self,
+        ts: u64,
+        nonce: &str,
+        body: &[u8],
+        idempotency_key: Option<&str>,
+    ) -> ProducerHeaders {
         ProducerHeaders {
             identity: self.identity.clone(),
             cert_sha256: self.cert_sha256.clone(),
@@ -315,7 +339,11 @@ pub const SAMPLE_EVENT: &str = include_str!("../data/sample-event.json");
 /// Fill an event template the way the producer does for a new event: `timestamp`, `nonce`
 /// (also `payload.event_id` and `payload.attributes.nonce` when present), then serialise as
 /// CJSON. Fields the template leaves out stay out.
-pub fn prepare_event(template: &serde_json::Value, ts: u64, nonce: &str) -> Result<Vec<u8>, ClientError> {
+pub fn prepare_event(
+    template: &serde_json::Value,
+    ts: u64,
+    nonce: &str,
+) -> Result<Vec<u8>, ClientError> {
     let mut v = template.clone();
     let obj = v
         .as_object_mut()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use vvgate_storage::{
-    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolRecord, Store, StorageError,
+    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolRecord, StorageError, Store,
 };
 
 use crate::audit::{write_details, Chain, Detail, ACTOR_SYSTEM};
@@ -289,7 +289,11 @@ impl StorageThread {
     }
 
     /// Record, once storage works again, that earlier requests were refused because it did not.
-    fn record_failures(&mut self, b: &mut Batch<'_>, now: crate::time::Micros) -> Result<(), StorageError> {
+    fn record_failures(
+        &mut self,
+        b: &mut Batch<'_>,
+        now: crate::time::Micros,
+    ) -> Result<(), StorageError> {
         self.details.clear();
         write_details(
             &mut self.details,
@@ -303,7 +307,9 @@ impl StorageThread {
             ],
         );
         let details = std::mem::take(&mut self.details);
-        let r = self.chain.append(b, now, ACTOR_SYSTEM, "storage.commit_failed", &details);
+        let r = self
+            .chain
+            .append(b, now, ACTOR_SYSTEM, "storage.commit_failed", &details);
         self.details = details;
         r.map(|_| ())
     }
@@ -323,9 +329,19 @@ impl StorageThread {
                 spool,
             } => {
                 if let Some(found) = b.nonce_get(*space, key)? {
-                    Some((Outcome::Replay(found), 409, "Replay detected: nonce already used", "nonce_recheck"))
+                    Some((
+                        Outcome::Replay(found),
+                        409,
+                        "Replay detected: nonce already used",
+                        "nonce_recheck",
+                    ))
                 } else if spool.as_ref().is_some_and(|s| !self.spool_has_room(b, s)) {
-                    Some((Outcome::SpoolFull, 503, "Telemetry queue publish failed", "spool_full"))
+                    Some((
+                        Outcome::SpoolFull,
+                        503,
+                        "Telemetry queue publish failed",
+                        "spool_full",
+                    ))
                 } else {
                     b.nonce_insert(*space, key, record)?;
                     if let Some(s) = spool {
@@ -339,7 +355,12 @@ impl StorageThread {
                     push_spool(b, now, s)?;
                     None
                 } else {
-                    Some((Outcome::SpoolFull, 503, "Telemetry DLQ publish failed", "spool_full"))
+                    Some((
+                        Outcome::SpoolFull,
+                        503,
+                        "Telemetry DLQ publish failed",
+                        "spool_full",
+                    ))
                 }
             }
         };
@@ -368,13 +389,9 @@ impl StorageThread {
                     ],
                 );
                 let details = std::mem::take(&mut self.details);
-                let r = self.chain.append(
-                    b,
-                    now,
-                    op.audit.actor,
-                    rejected_event(op.route),
-                    &details,
-                );
+                let r =
+                    self.chain
+                        .append(b, now, op.audit.actor, rejected_event(op.route), &details);
                 self.details = details;
                 r?;
                 Ok(outcome)
@@ -385,11 +402,16 @@ impl StorageThread {
     fn spool_has_room(&self, b: &Batch<'_>, s: &SpoolItem) -> bool {
         let stats = b.spool_stats();
         stats.count < self.cfg.spool_max_events
-            && stats.bytes + u64::try_from(s.body.len()).unwrap_or(u64::MAX) <= self.cfg.spool_max_bytes
+            && stats.bytes + u64::try_from(s.body.len()).unwrap_or(u64::MAX)
+                <= self.cfg.spool_max_bytes
     }
 }
 
-fn push_spool(b: &mut Batch<'_>, now: crate::time::Micros, s: &SpoolItem) -> Result<u64, StorageError> {
+fn push_spool(
+    b: &mut Batch<'_>,
+    now: crate::time::Micros,
+    s: &SpoolItem,
+) -> Result<u64, StorageError> {
     b.spool_push(&SpoolRecord::V1 {
         kind: s.kind,
         msg_id: &s.msg_id,

@@ -38,7 +38,11 @@ pub async fn bind(cfg: &ControlConfig) -> std::io::Result<(UnixListener, Control
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
-    let mode = if cfg.allowed_gid.is_some() { 0o660 } else { 0o600 };
+    let mode = if cfg.allowed_gid.is_some() {
+        0o660
+    } else {
+        0o600
+    };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok((listener, cfg.clone()))
 }
@@ -61,7 +65,11 @@ fn allowed(stream: &UnixStream, cfg: &ControlConfig) -> bool {
 }
 
 /// Accept operator connections.
-pub async fn serve(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, bound: (UnixListener, ControlConfig)) {
+pub async fn serve(
+    gw: Rc<Gateway>,
+    ex: Rc<LocalExecutor<'static>>,
+    bound: (UnixListener, ControlConfig),
+) {
     let (listener, cfg) = bound;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -100,11 +108,15 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
     .await?;
     let mut out = stream;
     if read.is_none() || line.len() > 4096 {
-        return out.write_all(b"{\"error\":\"request line missing or too long\"}\n").await;
+        return out
+            .write_all(b"{\"error\":\"request line missing or too long\"}\n")
+            .await;
     }
     let mut tape = Tape::new();
     let Ok(doc) = tape.parse(line.trim_end().as_bytes()) else {
-        return out.write_all(b"{\"error\":\"request is not JSON\"}\n").await;
+        return out
+            .write_all(b"{\"error\":\"request is not JSON\"}\n")
+            .await;
     };
     let cmd = doc
         .get(Doc::ROOT, "cmd")
@@ -124,7 +136,14 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
             buf.push(b'\n');
             out.write_all(&buf).await
         }
-        "spool_tail" => spool_tail(gw, &mut out, usize::try_from(num("limit", 10).min(10_000)).unwrap_or(10)).await,
+        "spool_tail" => {
+            spool_tail(
+                gw,
+                &mut out,
+                usize::try_from(num("limit", 10).min(10_000)).unwrap_or(10),
+            )
+            .await
+        }
         "audit_export" => audit_export(gw, &mut out, num("from", 1).max(1)).await,
         _ => out.write_all(b"{\"error\":\"unknown command\"}\n").await,
     }
@@ -195,7 +214,11 @@ async fn spool_tail(gw: &Gateway, out: &mut UnixStream, limit: usize) -> std::io
     let rows = gw.store.read().and_then(|r| r.spool_tail(limit));
     let rows = match rows {
         Ok(r) => r,
-        Err(e) => return out.write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes()).await,
+        Err(e) => {
+            return out
+                .write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes())
+                .await
+        }
     };
     let mut buf = Vec::with_capacity(4096);
     for (seq, raw) in rows {
@@ -213,7 +236,11 @@ async fn audit_export(gw: &Gateway, out: &mut UnixStream, from: u64) -> std::io:
     loop {
         let rows = match gw.store.read().and_then(|r| r.audit_range(next, 1000)) {
             Ok(r) => r,
-            Err(e) => return out.write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes()).await,
+            Err(e) => {
+                return out
+                    .write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes())
+                    .await
+            }
         };
         if rows.is_empty() {
             return Ok(());

@@ -130,7 +130,11 @@ impl DevCa {
     /// Write `ca.pem` and `ca.key` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<(), DevPkiError> {
         write(&dir.join("ca.pem"), self.cert_pem.as_bytes(), false)?;
-        write(&dir.join("ca.key"), self.issuer.key().serialize_pem().as_bytes(), true)
+        write(
+            &dir.join("ca.key"),
+            self.issuer.key().serialize_pem().as_bytes(),
+            true,
+        )
     }
 
     /// Issue a certificate: a server certificate when `sans` is non-empty, else a client
@@ -255,7 +259,11 @@ keys = {{ "vv-evidence-kek-v1" = "file:pki/evidence-kek.bin" }}
 
 /// Create `<dir>/vvgate.toml` and `<dir>/pki/` unless the configuration already exists.
 /// Returns the configuration path and whether it was created now.
-pub fn ensure_dev_dir(dir: &Path, listen: &str, ops_listen: &str) -> Result<(PathBuf, bool), DevPkiError> {
+pub fn ensure_dev_dir(
+    dir: &Path,
+    listen: &str,
+    ops_listen: &str,
+) -> Result<(PathBuf, bool), DevPkiError> {
     let config = dir.join("vvgate.toml");
     if config.exists() {
         return Ok((config, false));
@@ -269,7 +277,11 @@ pub fn ensure_dev_dir(dir: &Path, listen: &str, ops_listen: &str) -> Result<(Pat
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     let pki = generate(&dir.join("pki"))?;
-    write(&config, dev_config(&pki, listen, ops_listen).as_bytes(), false)?;
+    write(
+        &config,
+        dev_config(&pki, listen, ops_listen).as_bytes(),
+        false,
+    )?;
     Ok((config, true))
 }
 

@@ -38,7 +38,12 @@ pub fn write(
 
 /// The dead-letter payload `{error_code, error_message, raw_body}`: the body as text when it is
 /// UTF-8, else its standard base64.
-pub fn write_dead_letter_payload(out: &mut Vec<u8>, error_code: &str, error_message: &str, body: &[u8]) {
+pub fn write_dead_letter_payload(
+    out: &mut Vec<u8>,
+    error_code: &str,
+    error_message: &str,
+    body: &[u8],
+) {
     let mut w = Cjson::new(out);
     w.begin_obj()
         .key("error_code")
@@ -107,10 +112,21 @@ mod tests {
             r#"{"error_code":"invalid_json","error_message":"Invalid JSON payload","raw_body":"{\"a\":1,"}"#
         );
         let mut binary = Vec::new();
-        write_dead_letter_payload(&mut binary, "invalid_json", "Invalid JSON payload", &[b'"', 0xff, b'"']);
-        assert!(String::from_utf8(binary).unwrap().ends_with(r#""raw_body":"Iv8i"}"#));
+        write_dead_letter_payload(
+            &mut binary,
+            "invalid_json",
+            "Invalid JSON payload",
+            &[b'"', 0xff, b'"'],
+        );
+        assert!(String::from_utf8(binary)
+            .unwrap()
+            .ends_with(r#""raw_body":"Iv8i"}"#));
 
-        let v = [Violation::new("missing", [LocPart::from("nonce")], "Field required")];
+        let v = [Violation::new(
+            "missing",
+            [LocPart::from("nonce")],
+            "Field required",
+        )];
         let mut t = Vec::new();
         write_dead_letter_trace(&mut t, &DeadLetterTrace::Errors("schema_validation", &v));
         assert_eq!(
@@ -118,11 +134,24 @@ mod tests {
             r#"{"errors":[{"loc":["nonce"],"msg":"Field required","type":"missing"}],"reason":"schema_validation"}"#
         );
         let mut t = Vec::new();
-        write_dead_letter_trace(&mut t, &DeadLetterTrace::Message("contract_v2_validation", "m"));
-        assert_eq!(String::from_utf8(t).unwrap(), r#"{"error":"m","reason":"contract_v2_validation"}"#);
+        write_dead_letter_trace(
+            &mut t,
+            &DeadLetterTrace::Message("contract_v2_validation", "m"),
+        );
+        assert_eq!(
+            String::from_utf8(t).unwrap(),
+            r#"{"error":"m","reason":"contract_v2_validation"}"#
+        );
 
         let mut env = Vec::new();
-        let h = write(&mut env, "dead_letter", "id", "t", &p, b"{\"reason\":\"json_decode\"}");
+        let h = write(
+            &mut env,
+            "dead_letter",
+            "id",
+            "t",
+            &p,
+            b"{\"reason\":\"json_decode\"}",
+        );
         assert_eq!(h, ids::hex32(&ids::sha256(&p)));
         let text = String::from_utf8(env).unwrap();
         assert!(text.starts_with(r#"{"created_at":"t","integrity_hash":""#));

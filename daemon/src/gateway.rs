@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::http::conn::{self, ConnInfo, ConnLimits, FramingError, Service};
 use crate::http::{Head, Method, Response, Span};
 use crate::ids::{self, Random};
-use crate::ingest::{self, rate::RateLimiter, replay::InFlight, ConnState, Ctx, Refusal, Rejection};
+use crate::ingest::{
+    self, rate::RateLimiter, replay::InFlight, ConnState, Ctx, Refusal, Rejection,
+};
 use crate::metrics::Metrics;
 use crate::schema::Catalogue;
 use crate::time::Clock;
@@ -54,7 +56,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(cfg: Rc<Config>, clock: Clock, store: Arc<Store>, committer: Committer, catalogue: Option<Catalogue>) -> Self {
+    pub fn new(
+        cfg: Rc<Config>,
+        clock: Clock,
+        store: Arc<Store>,
+        committer: Committer,
+        catalogue: Option<Catalogue>,
+    ) -> Self {
         let limits = ConnLimits {
             max_header_bytes: cfg.limits.max_header_bytes,
             max_body_bytes: cfg.limits.max_body_bytes,
@@ -101,13 +109,17 @@ impl Gateway {
 
     pub fn release_spool(&self, bytes: u64) {
         let (n, b) = self.pending_spool.get();
-        self.pending_spool.set((n.saturating_sub(1), b.saturating_sub(bytes)));
+        self.pending_spool
+            .set((n.saturating_sub(1), b.saturating_sub(bytes)));
     }
 
     /// Audit a refusal (and spool its dead letter), then answer it. If the audit entry cannot
     /// be made durable the answer is 503, whatever the refusal was.
     pub async fn refuse(&self, ctx: &Ctx<'_>, mut f: Refusal, out: &mut Vec<u8>) -> Response {
-        let dlq_len = f.dlq.as_ref().map_or(0, |d| u64::try_from(d.body.len()).unwrap_or(u64::MAX));
+        let dlq_len = f
+            .dlq
+            .as_ref()
+            .map_or(0, |d| u64::try_from(d.body.len()).unwrap_or(u64::MAX));
         if f.dlq.is_some() && !self.spool_has_room(dlq_len) {
             f.rejection = Rejection::DlqSpoolFull;
             f.dlq = None;
@@ -138,7 +150,7 @@ impl Gateway {
             commit::rejected_event(ctx.route)
         };
         let action = match f.dlq.take() {
-            Some(d) => Action::DeadLetter(d),
+            Some(d) => Action::DeadLetter(*d),
             None => Action::AuditOnly,
         };
         let op = Op {
@@ -171,7 +183,8 @@ impl Gateway {
         out.clear();
         let original = f.original.map(|o| ids::uuid_text(&o));
         ingest::refusal_body(out, r.reason(self.default_body_limit), original.as_ref());
-        self.metrics.count(r.status(), r.reason(self.default_body_limit));
+        self.metrics
+            .count(r.status(), r.reason(self.default_body_limit));
         let mut resp = Response::new(r.status());
         resp.request_id = Some(ctx.request_id_text.clone());
         resp.close = r.closes_connection();
@@ -286,7 +299,11 @@ impl Gateway {
             return Response::new(200);
         }
         let mut w = crate::json::Cjson::new(out);
-        w.begin_obj().key("status").str("not_ready").key("reasons").begin_arr();
+        w.begin_obj()
+            .key("status")
+            .str("not_ready")
+            .key("reasons")
+            .begin_arr();
         for r in &reasons {
             w.str(r);
         }
@@ -297,14 +314,46 @@ impl Gateway {
     fn render_metrics(&self, out: &mut Vec<u8>) -> Response {
         let s = &self.committer.shared;
         let text = self.metrics.render(&[
-            ("vvgate_connections_open", "Open producer connections.", u64::try_from(self.connections.get()).unwrap_or(0)),
-            ("vvgate_spool_events", "Envelopes in the spool.", s.spool_count.load(Ordering::Relaxed)),
-            ("vvgate_spool_bytes", "Bytes of envelopes in the spool.", s.spool_bytes.load(Ordering::Relaxed)),
-            ("vvgate_audit_entries", "Entries in the audit log.", s.audit_index.load(Ordering::Relaxed)),
-            ("vvgate_storage_commits_total", "Group commits.", s.commits.load(Ordering::Relaxed)),
-            ("vvgate_storage_committed_ops_total", "Decisions committed.", s.committed_ops.load(Ordering::Relaxed)),
-            ("vvgate_storage_failed_commits_total", "Failed group commits.", s.failed_commits.load(Ordering::Relaxed)),
-            ("vvgate_ready", "1 when ready.", u64::from(self.readiness().is_empty())),
+            (
+                "vvgate_connections_open",
+                "Open producer connections.",
+                u64::try_from(self.connections.get()).unwrap_or(0),
+            ),
+            (
+                "vvgate_spool_events",
+                "Envelopes in the spool.",
+                s.spool_count.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_spool_bytes",
+                "Bytes of envelopes in the spool.",
+                s.spool_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_entries",
+                "Entries in the audit log.",
+                s.audit_index.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_storage_commits_total",
+                "Group commits.",
+                s.commits.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_storage_committed_ops_total",
+                "Decisions committed.",
+                s.committed_ops.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_storage_failed_commits_total",
+                "Failed group commits.",
+                s.failed_commits.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_ready",
+                "1 when ready.",
+                u64::from(self.readiness().is_empty()),
+            ),
         ]);
         out.extend_from_slice(text.as_bytes());
         Response::new(200)
@@ -326,7 +375,10 @@ impl Gateway {
                 &mut details,
                 &mut [
                     ("sub_reason", Detail::Str(reason)),
-                    ("count", Detail::Int(i64::try_from(count).unwrap_or(i64::MAX))),
+                    (
+                        "count",
+                        Detail::Int(i64::try_from(count).unwrap_or(i64::MAX)),
+                    ),
                 ],
             );
             let op = Op {
@@ -348,7 +400,11 @@ impl Gateway {
     }
 
     /// Write a gateway-level audit entry and wait for it.
-    pub async fn audit_system(&self, event_type: &'static str, fields: &mut [(&str, Detail<'_>)]) -> bool {
+    pub async fn audit_system(
+        &self,
+        event_type: &'static str,
+        fields: &mut [(&str, Detail<'_>)],
+    ) -> bool {
         let mut details = Vec::with_capacity(160);
         write_details(&mut details, fields);
         let op = Op {
@@ -362,7 +418,10 @@ impl Gateway {
             },
             reply: None,
         };
-        matches!(self.committer.commit(op).await, Ok(Outcome::Committed { .. }))
+        matches!(
+            self.committer.commit(op).await,
+            Ok(Outcome::Committed { .. })
+        )
     }
 }
 
@@ -387,7 +446,13 @@ impl Service for Producer {
         self.0.draining.get()
     }
 
-    async fn framing_error(&self, _st: &mut ConnState, _conn: &ConnInfo, err: FramingError, body: &mut Vec<u8>) -> Response {
+    async fn framing_error(
+        &self,
+        _st: &mut ConnState,
+        _conn: &ConnInfo,
+        err: FramingError,
+        body: &mut Vec<u8>,
+    ) -> Response {
         let gw = &*self.0;
         let ctx = Ctx::new(gw, &Head::default(), &[], None);
         let r = match err {
@@ -399,7 +464,14 @@ impl Service for Producer {
         gw.refuse(&ctx, r.into(), body).await
     }
 
-    async fn before_body(&self, _st: &mut ConnState, _conn: &ConnInfo, head: &Head, buf: &[u8], body: &mut Vec<u8>) -> Option<Response> {
+    async fn before_body(
+        &self,
+        _st: &mut ConnState,
+        _conn: &ConnInfo,
+        head: &Head,
+        buf: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Option<Response> {
         let gw = &*self.0;
         let p = path(head, buf);
         let method = head.method.unwrap_or(Method::Other);
@@ -418,7 +490,15 @@ impl Service for Producer {
         Some(gw.refuse(&ctx, refusal.into(), body).await)
     }
 
-    async fn handle(&self, st: &mut ConnState, conn: &ConnInfo, head: &Head, buf: &[u8], span: Span, body: &mut Vec<u8>) -> Response {
+    async fn handle(
+        &self,
+        st: &mut ConnState,
+        conn: &ConnInfo,
+        head: &Head,
+        buf: &[u8],
+        span: Span,
+        body: &mut Vec<u8>,
+    ) -> Response {
         ingest::telemetry(&self.0, st, conn, head, buf, span, body).await
     }
 }
@@ -437,7 +517,13 @@ impl Service for Ops {
         self.0.draining.get()
     }
 
-    async fn framing_error(&self, _st: &mut (), _conn: &ConnInfo, err: FramingError, body: &mut Vec<u8>) -> Response {
+    async fn framing_error(
+        &self,
+        _st: &mut (),
+        _conn: &ConnInfo,
+        err: FramingError,
+        body: &mut Vec<u8>,
+    ) -> Response {
         let status = match err {
             FramingError::Malformed => 400,
             FramingError::Timeout => 408,
@@ -448,7 +534,14 @@ impl Service for Ops {
         Response::new(status)
     }
 
-    async fn before_body(&self, _st: &mut (), _conn: &ConnInfo, head: &Head, buf: &[u8], body: &mut Vec<u8>) -> Option<Response> {
+    async fn before_body(
+        &self,
+        _st: &mut (),
+        _conn: &ConnInfo,
+        head: &Head,
+        buf: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Option<Response> {
         let gw = &*self.0;
         let get = head.method == Some(Method::Get);
         Some(match path(head, buf) {
@@ -468,7 +561,15 @@ impl Service for Ops {
         })
     }
 
-    async fn handle(&self, _st: &mut (), _conn: &ConnInfo, _head: &Head, _buf: &[u8], _span: Span, body: &mut Vec<u8>) -> Response {
+    async fn handle(
+        &self,
+        _st: &mut (),
+        _conn: &ConnInfo,
+        _head: &Head,
+        _buf: &[u8],
+        _span: Span,
+        body: &mut Vec<u8>,
+    ) -> Response {
         crate::http::error_body(body, "Not Found");
         Response::new(404)
     }
@@ -479,13 +580,20 @@ struct ConnSlot(Rc<Gateway>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get().saturating_sub(1));
+        self.0
+            .connections
+            .set(self.0.connections.get().saturating_sub(1));
     }
 }
 
 /// Accept producer connections: refuse past `max_connections` before any TLS work, then
 /// handshake within the header deadline and serve.
-pub async fn accept_producers(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, listener: TcpListener, acceptor: TlsAcceptor) {
+pub async fn accept_producers(
+    gw: Rc<Gateway>,
+    ex: Rc<LocalExecutor<'static>>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -500,13 +608,17 @@ pub async fn accept_producers(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, l
             break;
         }
         if gw.connections.get() >= gw.cfg.limits.max_connections {
-            gw.metrics.connections_refused.set(gw.metrics.connections_refused.get() + 1);
+            gw.metrics
+                .connections_refused
+                .set(gw.metrics.connections_refused.get() + 1);
             gw.tls_rejected("connection_limit");
             drop(tcp);
             continue;
         }
         gw.connections.set(gw.connections.get() + 1);
-        gw.metrics.connections_accepted.set(gw.metrics.connections_accepted.get() + 1);
+        gw.metrics
+            .connections_accepted
+            .set(gw.metrics.connections_accepted.get() + 1);
         let id = gw.next_conn_id.get();
         gw.next_conn_id.set(id + 1);
         let slot = ConnSlot(Rc::clone(&gw));
@@ -520,15 +632,21 @@ pub async fn accept_producers(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, l
     }
 }
 
-async fn serve_producer(gw: Rc<Gateway>, tcp: TcpStream, peer: SocketAddr, id: u64, acceptor: TlsAcceptor) {
+async fn serve_producer(
+    gw: Rc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    acceptor: TlsAcceptor,
+) {
     let _ = tcp.set_nodelay(true);
-    let handshake = futures_lite::future::or(
-        async { acceptor.accept(tcp).await },
-        async {
-            Timer::after(gw.limits.header_read_timeout).await;
-            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout"))
-        },
-    )
+    let handshake = futures_lite::future::or(async { acceptor.accept(tcp).await }, async {
+        Timer::after(gw.limits.header_read_timeout).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "handshake timeout",
+        ))
+    })
     .await;
     let tls = match handshake {
         Ok(t) => t,

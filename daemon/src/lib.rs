@@ -5,23 +5,23 @@
 //! `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
 //! building blocks.
 
-pub mod json;
-pub mod ids;
-pub mod schema;
-pub mod time;
-pub mod config;
 pub mod audit;
+pub mod cli;
+pub mod client;
 pub mod commit;
-pub mod tls;
-pub mod http;
+pub mod config;
 pub mod control;
+pub mod devpki;
 pub mod envelope;
 pub mod exit;
 pub mod gateway;
+pub mod http;
+pub mod ids;
 pub mod ingest;
+pub mod json;
+pub mod logging;
 pub mod metrics;
 pub mod run;
-pub mod devpki;
-pub mod client;
-pub mod cli;
-pub mod logging;
+pub mod schema;
+pub mod time;
+pub mod tls;

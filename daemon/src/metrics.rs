@@ -16,7 +16,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn count(&self, status: u16, reason: &'static str) {
-        *self.responses.borrow_mut().entry((status, reason)).or_default() += 1;
+        *self
+            .responses
+            .borrow_mut()
+            .entry((status, reason))
+            .or_default() += 1;
     }
 
     pub fn tls_rejected(&self, reason: &'static str) {
@@ -35,7 +39,9 @@ impl Metrics {
     /// Render every counter, plus the gauges given by the caller.
     pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
         let mut s = String::with_capacity(2048);
-        s.push_str("# HELP vvgate_responses_total Answered producer requests by status and reason.\n");
+        s.push_str(
+            "# HELP vvgate_responses_total Answered producer requests by status and reason.\n",
+        );
         s.push_str("# TYPE vvgate_responses_total counter\n");
         for ((status, reason), n) in self.responses.borrow().iter() {
             let _ = writeln!(
@@ -44,10 +50,15 @@ impl Metrics {
                 escape(reason)
             );
         }
-        s.push_str("# HELP vvgate_tls_handshake_failures_total Refused TLS handshakes by reason.\n");
+        s.push_str(
+            "# HELP vvgate_tls_handshake_failures_total Refused TLS handshakes by reason.\n",
+        );
         s.push_str("# TYPE vvgate_tls_handshake_failures_total counter\n");
         for (reason, n) in self.tls_rejected.borrow().iter() {
-            let _ = writeln!(s, "vvgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                s,
+                "vvgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         for (name, help, value) in [
             (
@@ -61,10 +72,16 @@ impl Metrics {
                 self.connections_refused.get(),
             ),
         ] {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         for (name, help, value) in gauges {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         s
     }

@@ -103,10 +103,9 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         }
     }
     for (kid, key) in &cfg.evidence.keys {
-        keystore.kek(key).map_err(|e| {
-            tracing::error!(kid, "evidence key unusable");
-            e
-        })?;
+        keystore
+            .kek(key)
+            .inspect_err(|_| tracing::error!(kid, "evidence key unusable"))?;
     }
     let catalogue = if cfg.enforce_mitre_catalogue {
         Some(match &cfg.mitre_catalogue_path {
@@ -157,7 +156,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
 pub fn run(p: Prepared) -> Result<(), RunError> {
     let cfg = Rc::clone(&p.cfg);
     ensure_state_dir(&cfg.state_dir)?;
-    let store = Arc::new(Store::open(&database_path(&cfg.state_dir), cfg.storage_cache_bytes)?);
+    let store = Arc::new(Store::open(
+        &database_path(&cfg.state_dir),
+        cfg.storage_cache_bytes,
+    )?);
     let clock = Clock::system();
     let commit_cfg = CommitConfig {
         max_requests: cfg.group_commit_max_requests,
@@ -167,12 +169,16 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         spool_max_bytes: cfg.spool_max_bytes,
         nonce_retention_secs: cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1,
     };
-    let (committer, storage_thread) =
-        commit::start(Arc::clone(&store), commit_cfg, cfg.limits.max_in_flight, clock)
-            .map_err(|source| RunError::Io {
-                what: "cannot start the storage thread",
-                source,
-            })?;
+    let (committer, storage_thread) = commit::start(
+        Arc::clone(&store),
+        commit_cfg,
+        cfg.limits.max_in_flight,
+        clock,
+    )
+    .map_err(|source| RunError::Io {
+        what: "cannot start the storage thread",
+        source,
+    })?;
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
@@ -196,12 +202,20 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
     let result: Result<(), RunError> = smol::block_on(ex.run(async {
         let producer = bind("the producer listener", cfg.listen).await?;
         let ops = bind("the ops listener", cfg.ops_listen).await?;
-        let producer_addr = producer.local_addr().map_err(|source| RunError::Io { what: "listener address", source })?;
-        let ops_addr = ops.local_addr().map_err(|source| RunError::Io { what: "listener address", source })?;
-        let control = crate::control::bind(&cfg.control).await.map_err(|source| RunError::Io {
-            what: "cannot create the control socket",
+        let producer_addr = producer.local_addr().map_err(|source| RunError::Io {
+            what: "listener address",
             source,
         })?;
+        let ops_addr = ops.local_addr().map_err(|source| RunError::Io {
+            what: "listener address",
+            source,
+        })?;
+        let control = crate::control::bind(&cfg.control)
+            .await
+            .map_err(|source| RunError::Io {
+                what: "cannot create the control socket",
+                source,
+            })?;
 
         let started = gw
             .audit_system(
@@ -209,7 +223,14 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
                 &mut [
                     ("version", Detail::Str(env!("CARGO_PKG_VERSION"))),
                     ("listen", Detail::Str(&producer_addr.to_string())),
-                    ("mode", Detail::Str(if cfg.mode == crate::config::Mode::Dev { "dev" } else { "production" })),
+                    (
+                        "mode",
+                        Detail::Str(if cfg.mode == crate::config::Mode::Dev {
+                            "dev"
+                        } else {
+                            "production"
+                        }),
+                    ),
                 ],
             )
             .await;
@@ -219,21 +240,39 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
                 source: std::io::Error::other("storage commit failed"),
             });
         }
-        ex.spawn(gateway::accept_producers(Rc::clone(&gw), Rc::clone(&ex), producer, acceptor)).detach();
-        ex.spawn(gateway::accept_ops(Rc::clone(&gw), Rc::clone(&ex), ops)).detach();
-        ex.spawn(gateway::tls_reject_flusher(Rc::clone(&gw))).detach();
-        ex.spawn(crate::control::serve(Rc::clone(&gw), Rc::clone(&ex), control)).detach();
+        ex.spawn(gateway::accept_producers(
+            Rc::clone(&gw),
+            Rc::clone(&ex),
+            producer,
+            acceptor,
+        ))
+        .detach();
+        ex.spawn(gateway::accept_ops(Rc::clone(&gw), Rc::clone(&ex), ops))
+            .detach();
+        ex.spawn(gateway::tls_reject_flusher(Rc::clone(&gw)))
+            .detach();
+        ex.spawn(crate::control::serve(
+            Rc::clone(&gw),
+            Rc::clone(&ex),
+            control,
+        ))
+        .detach();
         for w in &cfg.warnings {
             tracing::warn!("{w}");
         }
         tracing::info!(producer = %producer_addr, ops = %ops_addr, "vvgated ready");
-        println!("vvgated ready producer={producer_addr} ops={ops_addr} control={}", cfg.control.socket_path.display());
+        println!(
+            "vvgated ready producer={producer_addr} ops={ops_addr} control={}",
+            cfg.control.socket_path.display()
+        );
         crate::control::sd_notify("READY=1");
 
         while let Some(sig) = signals.next().await {
             match sig {
                 Ok(async_signal::Signal::Hup) => {
-                    tracing::warn!("SIGHUP: configuration reload is not available in this build; ignored");
+                    tracing::warn!(
+                        "SIGHUP: configuration reload is not available in this build; ignored"
+                    );
                 }
                 _ => break,
             }
@@ -247,7 +286,10 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         }
         gw.audit_system(
             "gateway.stopped",
-            &mut [("open_connections", Detail::Int(i64::try_from(gw.connections.get()).unwrap_or(0)))],
+            &mut [(
+                "open_connections",
+                Detail::Int(i64::try_from(gw.connections.get()).unwrap_or(0)),
+            )],
         )
         .await;
         Ok(())

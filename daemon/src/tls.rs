@@ -89,7 +89,8 @@ pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<Server
             path: path.display().to_string(),
             detail,
         };
-        let iter = CertificateRevocationListDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
+        let iter =
+            CertificateRevocationListDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
         let mut found = false;
         for crl in iter {
             crls.push(crl.map_err(|e| bad(e.to_string()))?);
@@ -167,7 +168,8 @@ impl ClientCertVerifier for PinnedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         if self.pins.contains(&fingerprint(end_entity)) {
             Ok(ClientCertVerified::assertion())
         } else {
@@ -202,7 +204,10 @@ impl ClientCertVerifier for PinnedClientVerifier {
 
 /// The `sub_reason` of a refused handshake, for the `tls.rejected` audit entry and metrics.
 pub fn classify(err: &io::Error) -> &'static str {
-    let Some(e) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+    let Some(e) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
         return match err.kind() {
             io::ErrorKind::TimedOut => "handshake_timeout",
             io::ErrorKind::UnexpectedEof

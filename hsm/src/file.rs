@@ -186,7 +186,11 @@ impl Kek for FileKek {
         let mut buf = Zeroizing::new(sealed.ct.to_vec());
         let plain = self
             .aead
-            .open_in_place(Nonce::assume_unique_for_key(sealed.iv), Aad::from(aad), &mut *buf)
+            .open_in_place(
+                Nonce::assume_unique_for_key(sealed.iv),
+                Aad::from(aad),
+                &mut buf,
+            )
             .map_err(|_| HsmError::AuthenticationFailed)?;
         let mut out = Zeroizing::new([0u8; 32]);
         if plain.len() != 32 {
@@ -215,9 +219,7 @@ mod tests {
         // CONTRACT.md §13: seed 00..1f has public key A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=.
         let seed: Vec<u8> = (0u8..32).collect();
         let p = temp("seed", &seed, 0o600);
-        let s = FileKeyStore::new()
-            .record_signer(&KeyRef::File(p))
-            .unwrap();
+        let s = FileKeyStore::new().record_signer(&KeyRef::File(p)).unwrap();
         assert_eq!(
             s.public_key()[..4],
             [0x03, 0xa1, 0x07, 0xbf],
@@ -261,7 +263,10 @@ mod tests {
     fn wrong_kinds_are_named() {
         let p = temp("short", &[1u8; 5], 0o600);
         let r = KeyRef::File(p);
-        assert!(matches!(FileKeyStore::new().kek(&r), Err(HsmError::Invalid { .. })));
+        assert!(matches!(
+            FileKeyStore::new().kek(&r),
+            Err(HsmError::Invalid { .. })
+        ));
         assert!(matches!(
             FileKeyStore::new().record_signer(&r),
             Err(HsmError::Invalid { .. })

@@ -95,7 +95,8 @@ impl KeyRef {
             }
             let mut id = Vec::with_capacity(hex.len() / 2);
             for pair in hex.as_bytes().chunks_exact(2) {
-                let txt = std::str::from_utf8(pair).map_err(|_| HsmError::BadReference(s.into()))?;
+                let txt =
+                    std::str::from_utf8(pair).map_err(|_| HsmError::BadReference(s.into()))?;
                 id.push(u8::from_str_radix(txt, 16).map_err(|_| HsmError::BadReference(s.into()))?);
             }
             return Ok(KeyRef::Pkcs11 { id });
@@ -179,10 +180,16 @@ mod tests {
             KeyRef::parse("file:/k.pem").unwrap(),
             KeyRef::File("/k.pem".into())
         );
-        assert_eq!(KeyRef::parse("/k.pem").unwrap(), KeyRef::File("/k.pem".into()));
+        assert_eq!(
+            KeyRef::parse("/k.pem").unwrap(),
+            KeyRef::File("/k.pem".into())
+        );
         for bad in ["pkcs11:", "pkcs11:0", "pkcs11:zz", "file:", ""] {
             assert!(KeyRef::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(KeyRef::parse("pkcs11:0A1b").unwrap().to_string(), "pkcs11:0a1b");
+        assert_eq!(
+            KeyRef::parse("pkcs11:0A1b").unwrap().to_string(),
+            "pkcs11:0a1b"
+        );
     }
 }

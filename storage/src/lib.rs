@@ -283,7 +283,9 @@ impl std::ops::Deref for DbGuard<'_> {
     type Target = Database;
     fn deref(&self) -> &Database {
         // Checked non-empty when the guard was made; the lock is held for its lifetime.
-        self.0.as_ref().unwrap_or_else(|| unreachable!("DbGuard over a closed store"))
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("DbGuard over a closed store"))
     }
 }
 
@@ -357,7 +359,11 @@ impl<'t> Batch<'t> {
     }
 
     /// Delete every nonce whose signed timestamp is below `before_ts`. Returns how many.
-    pub fn expire_nonces(&mut self, space: NonceSpace, before_ts: u64) -> Result<u64, StorageError> {
+    pub fn expire_nonces(
+        &mut self,
+        space: NonceSpace,
+        before_ts: u64,
+    ) -> Result<u64, StorageError> {
         let mut upper = [0u8; 24];
         upper[..8].copy_from_slice(&before_ts.to_be_bytes());
         let mut n = 0u64;
@@ -416,7 +422,8 @@ impl<'t> Batch<'t> {
 
     fn flush_meta(&mut self) -> Result<(), StorageError> {
         if self.audit_head != self.start_head {
-            records::encode(&self.audit_head, &mut self.buf).map_err(|e| corrupt("audit head", e))?;
+            records::encode(&self.audit_head, &mut self.buf)
+                .map_err(|e| corrupt("audit head", e))?;
             self.meta.insert(META_AUDIT_HEAD, self.buf.as_slice())?;
         }
         if self.spool_stats != self.start_stats {
@@ -447,7 +454,11 @@ impl Reader {
     }
 
     /// Up to `limit` audit entries (index, CJSON line) starting at index `from`.
-    pub fn audit_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    pub fn audit_range(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let table = self.txn.open_table(AUDIT)?;
         let mut out = Vec::new();
         for item in table.range(from..)?.take(limit) {
@@ -458,7 +469,11 @@ impl Reader {
     }
 
     /// Up to `limit` spool entries (sequence, encoded [`SpoolRecord`]) starting at `from`.
-    pub fn spool_range(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    pub fn spool_range(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let table = self.txn.open_table(SPOOL)?;
         let mut out = Vec::new();
         for item in table.range(from..)?.take(limit) {

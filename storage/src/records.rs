@@ -191,7 +191,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&[][..], &[0xff][..], &[0, 0, 0][..], &[1, 200, 200, 200][..]] {
+        for bytes in [
+            &[][..],
+            &[0xff][..],
+            &[0, 0, 0][..],
+            &[1, 200, 200, 200][..],
+        ] {
             assert!(decode::<NonceRecord>(bytes).is_err());
             assert!(decode::<SpoolRecord<'_>>(bytes).is_err());
         }

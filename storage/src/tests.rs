@@ -74,9 +74,24 @@ fn nonce_insert_lookup_and_expiry() {
         .batch(|b| b.expire_nonces(NonceSpace::Telemetry, 105))
         .unwrap();
     assert_eq!(removed, 5);
-    assert_eq!(store.nonce_get(NonceSpace::Telemetry, &nonce_key(104, "nonce-1")).unwrap(), None);
-    assert!(store.nonce_get(NonceSpace::Telemetry, &k).unwrap().is_some());
-    assert_eq!(store.read().unwrap().nonce_count(NonceSpace::Telemetry).unwrap(), 5);
+    assert_eq!(
+        store
+            .nonce_get(NonceSpace::Telemetry, &nonce_key(104, "nonce-1"))
+            .unwrap(),
+        None
+    );
+    assert!(store
+        .nonce_get(NonceSpace::Telemetry, &k)
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store
+            .read()
+            .unwrap()
+            .nonce_count(NonceSpace::Telemetry)
+            .unwrap(),
+        5
+    );
 }
 
 #[test]
@@ -94,8 +109,16 @@ fn failed_batch_keeps_nothing() {
         Err(StorageError::Format { found: 0 })
     });
     assert!(r.is_err());
-    assert_eq!(store.nonce_get(NonceSpace::Telemetry, &nonce_key(1, "n")).unwrap(), None);
-    assert_eq!(store.read().unwrap().spool_stats().unwrap(), SpoolStats::default());
+    assert_eq!(
+        store
+            .nonce_get(NonceSpace::Telemetry, &nonce_key(1, "n"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.read().unwrap().spool_stats().unwrap(),
+        SpoolStats::default()
+    );
 }
 
 #[test]
@@ -134,7 +157,12 @@ fn spool_and_audit_survive_reopen() {
             bytes: 20
         }
     );
-    let seqs: Vec<u64> = r.spool_range(0, 10).unwrap().into_iter().map(|(s, _)| s).collect();
+    let seqs: Vec<u64> = r
+        .spool_range(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(seqs, vec![0, 2]);
     let tail = r.spool_tail(1).unwrap();
     assert_eq!(tail[0].0, 2);
@@ -152,7 +180,8 @@ fn a_database_of_another_format_is_refused() {
         let txn = db.begin_write().unwrap();
         {
             let mut meta = txn.open_table(META).unwrap();
-            meta.insert(META_FORMAT, 99u32.to_be_bytes().as_slice()).unwrap();
+            meta.insert(META_FORMAT, 99u32.to_be_bytes().as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }
@@ -169,5 +198,8 @@ fn reopen_keeps_committed_data() {
         .batch(|b| b.nonce_insert(NonceSpace::Telemetry, &nonce_key(7, "n"), &rec(7)))
         .unwrap();
     store.reopen().unwrap();
-    assert!(store.nonce_get(NonceSpace::Telemetry, &nonce_key(7, "n")).unwrap().is_some());
+    assert!(store
+        .nonce_get(NonceSpace::Telemetry, &nonce_key(7, "n"))
+        .unwrap()
+        .is_some());
 }

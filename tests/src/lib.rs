@@ -68,7 +68,9 @@ impl Pki {
         let pki = devpki::generate(dir).expect("dev pki");
         let ca = DevCa::load(dir).expect("ca");
         let other_pin = ca.issue_client(dir, "other", "other-service").expect("q");
-        let unpinned_pin = ca.issue_client(dir, "unpinned", "nobody").expect("unpinned");
+        let unpinned_pin = ca
+            .issue_client(dir, "unpinned", "nobody")
+            .expect("unpinned");
         let foreign_ca = DevCa::new("foreign CA").expect("foreign ca");
         let foreign_pin = foreign_ca
             .issue_client(dir, "foreign", "foreign-service")
@@ -194,7 +196,10 @@ impl Gateway {
     pub fn start_in(dir: PathBuf, pki: Pki, opts: Opts) -> Self {
         let config = dir.join("vvgate.toml");
         std::fs::write(&config, config_text(&dir, &pki, &opts)).expect("write config");
-        let log = dir.join(format!("vvgated-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let log = dir.join(format!(
+            "vvgated-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut g = Self {
             dir,
             pki,
@@ -291,10 +296,12 @@ impl Gateway {
             let code = self.stop();
             assert_eq!(code, Some(0), "vvgated exit status\n{}", self.log_text());
         }
-        std::fs::write(&self.config, config_text(&self.dir, &self.pki, &self.opts)).expect("config");
-        self.log = self
-            .dir
-            .join(format!("vvgated-{}.log", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&self.config, config_text(&self.dir, &self.pki, &self.opts))
+            .expect("config");
+        self.log = self.dir.join(format!(
+            "vvgated-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
         self.spawn();
     }
 
@@ -304,8 +311,13 @@ impl Gateway {
     }
 
     pub fn connect_as(&self, p: &Producer) -> Connection {
-        Connection::connect_tls(self.addr, "localhost", p.tls.clone(), Duration::from_secs(20))
-            .expect("connect")
+        Connection::connect_tls(
+            self.addr,
+            "localhost",
+            p.tls.clone(),
+            Duration::from_secs(20),
+        )
+        .expect("connect")
     }
 
     /// Ask the control socket.
@@ -357,7 +369,10 @@ impl Gateway {
 
 /// Run `vvctl`.
 pub fn vvctl(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("vvctl")).args(args).output().expect("vvctl");
+    let out = Command::new(bin("vvctl"))
+        .args(args)
+        .output()
+        .expect("vvctl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -371,7 +386,10 @@ impl Drop for Gateway {
         let code = self.stop();
         let log = self.log_text();
         if failing {
-            eprintln!("gateway directory kept: {}\n--- log ---\n{log}", self.dir.display());
+            eprintln!(
+                "gateway directory kept: {}\n--- log ---\n{log}",
+                self.dir.display()
+            );
             return;
         }
         assert!(!log.contains("panicked"), "vvgated panicked:\n{log}");

@@ -2,6 +2,9 @@
 //! names the tampering (row 70's chain cases), live, from an export, and from the database
 //! edited directly by someone with root.
 
+// Integration tests live in their own crate, not in a #[cfg(test)] module.
+#![allow(clippy::tests_outside_test_module)]
+
 use vvgate_e2e::*;
 
 fn opts() -> Opts {
@@ -33,7 +36,8 @@ fn busy_gateway() -> Gateway {
 
 fn verify_file(path: &std::path::Path) -> (i32, serde_json::Value) {
     let (code, out, err) = vvctl(&["audit", "verify", "--file", path.to_str().unwrap()]);
-    let v = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("verify output: {out} {err}"));
+    let v =
+        serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("verify output: {out} {err}"));
     (code, v)
 }
 
@@ -49,9 +53,23 @@ fn an_honest_log_verifies_live_and_offline() {
     // gateway.started + 12 decisions + seals after every 4 entries.
     assert!(entries >= 16, "{v}");
     let audit = g.audit();
-    assert!(audit.iter().any(|e| e["event_type"] == "log.sealed" && e["actor"] == "SYSTEM"));
-    assert_eq!(audit.iter().filter(|e| e["event_type"] == "telemetry.accepted").count(), 8);
-    assert_eq!(audit.iter().filter(|e| e["event_type"] == "telemetry.rejected").count(), 4);
+    assert!(audit
+        .iter()
+        .any(|e| e["event_type"] == "log.sealed" && e["actor"] == "SYSTEM"));
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["event_type"] == "telemetry.accepted")
+            .count(),
+        8
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["event_type"] == "telemetry.rejected")
+            .count(),
+        4
+    );
     for (i, e) in audit.iter().enumerate() {
         assert_eq!(e["index"], i as u64 + 1, "contiguous indexes");
     }
@@ -79,7 +97,10 @@ fn tampering_with_an_export_is_detected() {
         std::fs::write(&file, lines.join("\n")).unwrap();
         let (code, v) = verify_file(&file);
         assert_eq!(code, 1);
-        assert_eq!(v, serde_json::json!({"ok": false, "broken_at": at, "reason": reason}));
+        assert_eq!(
+            v,
+            serde_json::json!({"ok": false, "broken_at": at, "reason": reason})
+        );
     };
     let owned = || lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>();
 
@@ -113,7 +134,8 @@ fn tampering_with_the_database_is_detected() {
     {
         // Root on the box: rewrite entry 3 in place.
         use redb::ReadableTable;
-        const AUDIT: redb::TableDefinition<'static, u64, &'static [u8]> = redb::TableDefinition::new("audit");
+        const AUDIT: redb::TableDefinition<'static, u64, &'static [u8]> =
+            redb::TableDefinition::new("audit");
         let db = redb::Database::create(&db_path).unwrap();
         let txn = db.begin_write().unwrap();
         {
@@ -130,7 +152,10 @@ fn tampering_with_the_database_is_detected() {
     let (code, out, _) = vvctl(&["audit", "verify", "--state-dir", state.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v, serde_json::json!({"ok": false, "broken_at": 3, "reason": "entry_hash_mismatch"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"ok": false, "broken_at": 3, "reason": "entry_hash_mismatch"})
+    );
     // The gateway still starts (and keeps appending); repairing history is not its job.
     g.restart();
 }

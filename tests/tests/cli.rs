@@ -1,6 +1,9 @@
 //! The command lines: `vvgated --check-config` names bad keys and exits 78; `vvctl` commands
 //! work against a live gateway.
 
+// Integration tests live in their own crate, not in a #[cfg(test)] module.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::process::Command;
 
 use vvgate_e2e::*;
@@ -37,13 +40,21 @@ fn check_config_accepts_a_valid_config_and_names_every_bad_key() {
     std::fs::write(&path, &bad).unwrap();
     let (code, out) = check_config(&path, &[]);
     assert_eq!(code, 78, "{out}");
-    assert!(out.contains("telemetry_gateway.allowed_clock_skew_seconds: must be between 1 and 3600 (got 0)"), "{out}");
+    assert!(
+        out.contains(
+            "telemetry_gateway.allowed_clock_skew_seconds: must be between 1 and 3600 (got 0)"
+        ),
+        "{out}"
+    );
     assert!(out.contains("telemetry_gateway.require_mtls"), "{out}");
 
     std::fs::write(&path, &good).unwrap();
     let (code, out) = check_config(&path, &[("VV_TG_NONCE_TTL_SECONDS", "ten")]);
     assert_eq!(code, 78);
-    assert!(out.contains("VV_TG_NONCE_TTL_SECONDS (telemetry_gateway.nonce_ttl_seconds)"), "{out}");
+    assert!(
+        out.contains("VV_TG_NONCE_TTL_SECONDS (telemetry_gateway.nonce_ttl_seconds)"),
+        "{out}"
+    );
 
     // A key file that does not match the certificate, and a missing CA file.
     let swapped = good.replace("server.key", "producer.key");
@@ -70,7 +81,14 @@ fn dev_pki_and_send_and_spool_tail() {
     let (code, out, err) = vvctl(&["dev-pki", "--out", out_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("X-Client-Cert-Sha256"));
-    for f in ["ca.pem", "server.pem", "producer.pem", "producer.key", "producer-signing.seed", "checkpoint.pem"] {
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "producer.pem",
+        "producer.key",
+        "producer-signing.seed",
+        "checkpoint.pem",
+    ] {
         assert!(out_dir.join(f).exists(), "{f}");
     }
 
@@ -78,15 +96,25 @@ fn dev_pki_and_send_and_spool_tail() {
     let pki = &g.pki.dir;
     let p = |f: &str| pki.join(f).to_str().unwrap().to_owned();
     let producer_args = [
-        "--ca", &p("ca.pem"), "--cert", &p("producer.pem"), "--key", &p("producer.key"),
-        "--signing-key", &p("producer-signing.seed"),
+        "--ca",
+        &p("ca.pem"),
+        "--cert",
+        &p("producer.pem"),
+        "--key",
+        &p("producer.key"),
+        "--signing-key",
+        &p("producer-signing.seed"),
     ];
     let target = g.addr.to_string();
     let mut args = vec!["send", "--target", &target, "--repeat", "2"];
     args.extend_from_slice(&producer_args);
     let (code, out, err) = vvctl(&args);
     assert_eq!(code, 0, "{out} {err}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("202 ")).count(), 2, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("202 ")).count(),
+        2,
+        "{out}"
+    );
 
     // A file of events as JSON lines, one of them unacceptable: exit 1, each answer printed.
     let events = g.dir.join("events.jsonl");
@@ -101,7 +129,10 @@ fn dev_pki_and_send_and_spool_tail() {
 
     let (code, out, _) = vvctl(&["spool", "tail", "--config", &cfg, "-n", "2"]);
     assert_eq!(code, 0);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[1]["kind"], "dead_letter");
     assert_eq!(lines[0]["kind"], "ingest");

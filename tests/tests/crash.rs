@@ -8,6 +8,9 @@
 //! resolved by the producer's own byte-identical retry (202 or 409-with-original, never two
 //! envelopes). The audit chain verifies.
 
+// Integration tests live in their own crate, not in a #[cfg(test)] module.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,26 +27,38 @@ struct Sent {
     accepted: Option<String>,
 }
 
-fn load(g: &Gateway, stop: &Arc<AtomicBool>, log: &Arc<Mutex<Vec<Sent>>>) -> Vec<std::thread::JoinHandle<()>> {
+fn load(
+    g: &Gateway,
+    stop: &Arc<AtomicBool>,
+    log: &Arc<Mutex<Vec<Sent>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..4)
         .map(|_| {
             let (addr, tls) = (g.addr, g.pki.producer().tls.clone());
             let p = g.pki.producer();
             let (stop, log) = (Arc::clone(stop), Arc::clone(log));
             std::thread::spawn(move || {
-                let Ok(mut c) = Connection::connect_tls(addr, "localhost", tls, Duration::from_secs(5)) else {
+                let Ok(mut c) =
+                    Connection::connect_tls(addr, "localhost", tls, Duration::from_secs(5))
+                else {
                     return;
                 };
                 while !stop.load(Ordering::Relaxed) {
                     let s = valid();
                     let req = request(&p, &s);
                     let accepted = match c.send(&req) {
-                        Ok(r) if r.status == 202 => Some(json(&r)["request_id"].as_str().unwrap().to_owned()),
+                        Ok(r) if r.status == 202 => {
+                            Some(json(&r)["request_id"].as_str().unwrap().to_owned())
+                        }
                         Ok(r) => panic!("unexpected {} {}", r.status, r.body_text()),
                         Err(_) => None,
                     };
                     let lost = accepted.is_none();
-                    log.lock().unwrap().push(Sent { nonce: s.nonce, request: req, accepted });
+                    log.lock().unwrap().push(Sent {
+                        nonce: s.nonce,
+                        request: req,
+                        accepted,
+                    });
                     if lost {
                         return; // the gateway is gone
                     }
@@ -79,7 +94,9 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
     let spool = g.spool();
     let mut by_nonce: HashMap<String, usize> = HashMap::new();
     for e in &spool {
-        *by_nonce.entry(e["body"]["payload"]["nonce"].as_str().unwrap().to_owned()).or_default() += 1;
+        *by_nonce
+            .entry(e["body"]["payload"]["nonce"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     let duplicated = by_nonce.values().filter(|&&n| n > 1).count();
     let audit = g.audit();
@@ -90,7 +107,10 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
         .collect();
     let lost: Vec<&&Sent> = acked
         .iter()
-        .filter(|s| !by_nonce.contains_key(&s.nonce) || !accepted_ids.contains(s.accepted.as_deref().unwrap()))
+        .filter(|s| {
+            !by_nonce.contains_key(&s.nonce)
+                || !accepted_ids.contains(s.accepted.as_deref().unwrap())
+        })
         .collect();
     eprintln!(
         "crash test: sent {}, answered 202 {}, answer lost {}, in spool {}, duplicated {}, lost {}",
@@ -101,7 +121,11 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
         duplicated,
         lost.len()
     );
-    assert!(acked.len() >= 30, "too little load to mean anything: {}", acked.len());
+    assert!(
+        acked.len() >= 30,
+        "too little load to mean anything: {}",
+        acked.len()
+    );
     assert_eq!(lost.len(), 0, "accepted events missing after the crash");
     assert_eq!(duplicated, 0, "a nonce was stored twice");
     assert!(spool.len() >= acked.len() && spool.len() <= sent.len());
@@ -111,19 +135,36 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
     for s in acked.iter().take(200) {
         let r = c.send(&s.request).unwrap();
         assert_eq!(r.status, 409, "{}", r.body_text());
-        assert_eq!(json(&r)["original"]["request_id"], s.accepted.as_deref().unwrap());
+        assert_eq!(
+            json(&r)["original"]["request_id"],
+            s.accepted.as_deref().unwrap()
+        );
     }
     // A lost answer is settled by the producer's identical retry.
     for s in &unknown {
         let r = c.send(&s.request).unwrap();
-        assert!(r.status == 202 || (r.status == 409 && json(&r)["original"]["accepted"] == true), "{}", r.body_text());
+        assert!(
+            r.status == 202 || (r.status == 409 && json(&r)["original"]["accepted"] == true),
+            "{}",
+            r.body_text()
+        );
     }
     let after = g.spool();
-    let nonces: Vec<&str> = after.iter().map(|e| e["body"]["payload"]["nonce"].as_str().unwrap()).collect();
+    let nonces: Vec<&str> = after
+        .iter()
+        .map(|e| e["body"]["payload"]["nonce"].as_str().unwrap())
+        .collect();
     let unique: HashSet<&&str> = nonces.iter().collect();
-    assert_eq!(unique.len(), nonces.len(), "no duplicates after the retries");
+    assert_eq!(
+        unique.len(),
+        nonces.len(),
+        "no duplicates after the retries"
+    );
     for s in &sent {
-        assert!(nonces.contains(&s.nonce.as_str()), "every sent event is stored once in the end");
+        assert!(
+            nonces.contains(&s.nonce.as_str()),
+            "every sent event is stored once in the end"
+        );
     }
     let (code, out, _) = vvctl(&["audit", "verify", "--config", g.config.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");

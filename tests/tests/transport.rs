@@ -1,6 +1,9 @@
 //! Transport: mutual TLS refusals (row 53) seen by several real clients, `curl` and Python's
 //! `ssl` as producers, idle connections, the connection cap.
 
+// Integration tests live in their own crate, not in a #[cfg(test)] module.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -23,7 +26,10 @@ fn tls_rejections(g: &Gateway) -> Vec<(String, u64)> {
         .filter(|e| e["event_type"] == "tls.rejected")
         .map(|e| {
             (
-                e["details"]["sub_reason"].as_str().unwrap_or_default().to_owned(),
+                e["details"]["sub_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 e["details"]["count"].as_u64().unwrap_or(0),
             )
         })
@@ -41,7 +47,8 @@ fn handshakes_without_a_valid_pinned_certificate_fail_row_53() {
     let foreign = client_config(&ca, &pki.path("foreign.pem"), &pki.path("foreign.key")).unwrap();
     assert!(request_fails(&g, foreign));
     // CA-valid but unpinned.
-    let unpinned = client_config(&ca, &pki.path("unpinned.pem"), &pki.path("unpinned.key")).unwrap();
+    let unpinned =
+        client_config(&ca, &pki.path("unpinned.pem"), &pki.path("unpinned.key")).unwrap();
     assert!(request_fails(&g, unpinned));
     // The pinned producer still works.
     assert!(!request_fails(&g, pki.producer().tls.clone()));
@@ -52,7 +59,16 @@ fn handshakes_without_a_valid_pinned_certificate_fail_row_53() {
         vec!["-cert", "unpinned.pem", "-key", "unpinned.key"],
     ] {
         let mut child = Command::new("openssl")
-            .args(["s_client", "-connect", &g.addr.to_string(), "-servername", "localhost", "-CAfile", "ca.pem", "-quiet"])
+            .args([
+                "s_client",
+                "-connect",
+                &g.addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                "ca.pem",
+                "-quiet",
+            ])
             .args(&args)
             .current_dir(&pki.dir)
             .stdin(Stdio::piped())
@@ -67,20 +83,32 @@ fn handshakes_without_a_valid_pinned_certificate_fail_row_53() {
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(!stdout.contains("HTTP/1.1"), "openssl {args:?} got an HTTP response: {stdout}");
+        assert!(
+            !stdout.contains("HTTP/1.1"),
+            "openssl {args:?} got an HTTP response: {stdout}"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("alert") || stderr.contains("error"), "{stderr}");
+        assert!(
+            stderr.contains("alert") || stderr.contains("error"),
+            "{stderr}"
+        );
     }
 
     // Each refusal is audited (coalesced per second) with its reason.
     wait_for(10, "tls.rejected entries", || {
         let r = tls_rejections(&g);
-        ["no_client_certificate", "unknown_issuer", "certificate_not_pinned"]
-            .iter()
-            .all(|reason| r.iter().any(|(s, n)| s == reason && *n >= 1))
+        [
+            "no_client_certificate",
+            "unknown_issuer",
+            "certificate_not_pinned",
+        ]
+        .iter()
+        .all(|reason| r.iter().any(|(s, n)| s == reason && *n >= 1))
     });
     let metrics = g.ops_get("/metrics").body_text();
-    assert!(metrics.contains("vvgate_tls_handshake_failures_total{reason=\"certificate_not_pinned\"}"));
+    assert!(
+        metrics.contains("vvgate_tls_handshake_failures_total{reason=\"certificate_not_pinned\"}")
+    );
 }
 
 #[test]
@@ -92,22 +120,44 @@ fn curl_is_a_producer() {
     std::fs::write(&body_file, &s.body).unwrap();
     let pki = &g.pki.dir;
     let out = Command::new("curl")
-        .args(["-sS", "-i", "--cacert", "ca.pem", "--cert", "producer.pem", "--key", "producer.key"])
+        .args([
+            "-sS",
+            "-i",
+            "--cacert",
+            "ca.pem",
+            "--cert",
+            "producer.pem",
+            "--key",
+            "producer.key",
+        ])
         .arg("--resolve")
         .arg(format!("localhost:{}:127.0.0.1", g.addr.port()))
         .args(["-H", "Content-Type: application/json"])
-        .arg("-H").arg(format!("X-Service-Identity: {}", h.identity))
-        .arg("-H").arg(format!("X-Client-Cert-Sha256: {}", h.cert_sha256))
-        .arg("-H").arg(format!("X-Telemetry-Timestamp: {}", h.timestamp))
-        .arg("-H").arg(format!("X-Telemetry-Nonce: {}", h.nonce))
-        .arg("-H").arg(format!("X-Telemetry-Signature: {}", h.signature))
-        .arg("--data-binary").arg(format!("@{}", body_file.display()))
-        .arg(format!("https://localhost:{}/internal/v1/telemetry", g.addr.port()))
+        .arg("-H")
+        .arg(format!("X-Service-Identity: {}", h.identity))
+        .arg("-H")
+        .arg(format!("X-Client-Cert-Sha256: {}", h.cert_sha256))
+        .arg("-H")
+        .arg(format!("X-Telemetry-Timestamp: {}", h.timestamp))
+        .arg("-H")
+        .arg(format!("X-Telemetry-Nonce: {}", h.nonce))
+        .arg("-H")
+        .arg(format!("X-Telemetry-Signature: {}", h.signature))
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!(
+            "https://localhost:{}/internal/v1/telemetry",
+            g.addr.port()
+        ))
         .current_dir(pki)
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.starts_with("HTTP/1.1 202"), "{text}");
     assert!(text.contains("\"accepted\":true"), "{text}");
     assert_eq!(g.spool().len(), 1);
@@ -170,8 +220,15 @@ with socket.create_connection(("127.0.0.1", port)) as raw:
         .write_all(serde_json::to_string(&reqs).unwrap().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "202 True\n202 True\n202 True\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "202 True\n202 True\n202 True\n"
+    );
     assert_eq!(g.spool().len(), 3);
 }
 
@@ -181,10 +238,13 @@ fn two_hundred_idle_connections_do_not_block_a_valid_request() {
     let p = g.pki.producer();
     let idle: Vec<Connection> = (0..200).map(|_| g.connect()).collect();
     // Plain TCP connections that never start TLS, too.
-    let raw: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(g.addr).unwrap()).collect();
+    let raw: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(g.addr).unwrap())
+        .collect();
     let r = g.connect().send(&request(&p, &valid())).unwrap();
     assert_eq!(r.status, 202);
-    let status: serde_json::Value = serde_json::from_str(&g.control("{\"cmd\":\"status\"}")[0]).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&g.control("{\"cmd\":\"status\"}")[0]).unwrap();
     assert!(status["connections"].as_u64().unwrap() >= 200, "{status}");
     drop(idle);
     drop(raw);
@@ -195,12 +255,23 @@ fn connections_past_the_cap_are_refused_before_tls() {
     let g = Gateway::start_with(Opts::default().with("max_connections = 3"));
     let held: Vec<Connection> = (0..3).map(|_| g.connect()).collect();
     // The fourth is closed at once: the handshake cannot complete.
-    assert!(Connection::connect_tls(g.addr, "localhost", g.pki.producer().tls.clone(), Duration::from_secs(5)).is_err());
+    assert!(Connection::connect_tls(
+        g.addr,
+        "localhost",
+        g.pki.producer().tls.clone(),
+        Duration::from_secs(5)
+    )
+    .is_err());
     drop(held);
     wait_for(10, "a free slot", || {
-        Connection::connect_tls(g.addr, "localhost", g.pki.producer().tls.clone(), Duration::from_secs(5))
-            .map(|mut c| c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").is_ok())
-            .unwrap_or(false)
+        Connection::connect_tls(
+            g.addr,
+            "localhost",
+            g.pki.producer().tls.clone(),
+            Duration::from_secs(5),
+        )
+        .map(|mut c| c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").is_ok())
+        .unwrap_or(false)
     });
     let m = g.ops_get("/metrics").body_text();
     assert!(m.contains("vvgate_connections_refused_total 1"), "{m}");
@@ -209,7 +280,11 @@ fn connections_past_the_cap_are_refused_before_tls() {
 #[test]
 fn garbage_instead_of_a_client_hello_is_dropped() {
     let g = Gateway::start();
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0][..], &[0u8; 4096][..]] {
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0][..],
+        &[0u8; 4096][..],
+    ] {
         let mut s = TcpStream::connect(g.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = s.write_all(junk);
@@ -217,5 +292,11 @@ fn garbage_instead_of_a_client_hello_is_dropped() {
         assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1"));
     }
     // Still serving.
-    assert_eq!(g.connect().send(&request(&g.pki.producer(), &valid())).unwrap().status, 202);
+    assert_eq!(
+        g.connect()
+            .send(&request(&g.pki.producer(), &valid()))
+            .unwrap()
+            .status,
+        202
+    );
 }

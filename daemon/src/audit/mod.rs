@@ -161,7 +161,10 @@ impl Chain {
         write_details(
             &mut self.details,
             &mut [
-                ("sealed_index", Detail::Int(i64::try_from(sealed.index).unwrap_or(i64::MAX))),
+                (
+                    "sealed_index",
+                    Detail::Int(i64::try_from(sealed.index).unwrap_or(i64::MAX)),
+                ),
                 ("last_entry_hash", Detail::Str(&last_hash)),
                 ("sealed_at", Detail::Str(ts)),
             ],

@@ -64,7 +64,9 @@ fn contract_vectors_hash_and_verify() {
             latest_hash: "7aafc9f19a89036ea176f6c2f2d1ccaf10cd5e34c91c5bfab96c438d8bb15eeb".into()
         }
     );
-    assert!(verify(&lines).to_json().starts_with(r#"{"ok":true,"entries":2,"#));
+    assert!(verify(&lines)
+        .to_json()
+        .starts_with(r#"{"ok":true,"entries":2,"#));
 }
 
 #[test]
@@ -74,7 +76,10 @@ fn details_are_written_sorted() {
         &mut out,
         &mut [
             ("status_code", Detail::Int(409)),
-            ("request_id", Detail::Str("00000000-0000-4000-8000-000000000001")),
+            (
+                "request_id",
+                Detail::Str("00000000-0000-4000-8000-000000000001"),
+            ),
             ("detail", Detail::Str("Replay detected: nonce already used")),
         ],
     );
@@ -96,7 +101,13 @@ fn stored_chain(n: usize, seal_every: u64) -> Vec<Vec<u8>> {
             for i in 0..n {
                 let mut d = Vec::new();
                 write_details(&mut d, &mut [("n", Detail::Int(i64::try_from(i).unwrap()))]);
-                chain.append(b, Micros(1_772_107_200_000_000 + u64::try_from(i).unwrap()), ACTOR_GATEWAY, "test.event", &d)?;
+                chain.append(
+                    b,
+                    Micros(1_772_107_200_000_000 + u64::try_from(i).unwrap()),
+                    ACTOR_GATEWAY,
+                    "test.event",
+                    &d,
+                )?;
             }
             Ok(())
         })
@@ -118,9 +129,16 @@ fn seals_follow_every_n_entries_and_verify() {
     let lines = stored_chain(7, 3);
     // 3 entries, seal, 3 entries, seal, 1 entry.
     assert_eq!(lines.len(), 9);
-    let text: Vec<String> = lines.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect();
-    assert!(text[3].contains(r#""event_type":"log.sealed""#) && text[3].contains(r#""sealed_index":3"#));
-    assert!(text[7].contains(r#""event_type":"log.sealed""#) && text[7].contains(r#""sealed_index":7"#));
+    let text: Vec<String> = lines
+        .iter()
+        .map(|l| String::from_utf8(l.clone()).unwrap())
+        .collect();
+    assert!(
+        text[3].contains(r#""event_type":"log.sealed""#) && text[3].contains(r#""sealed_index":3"#)
+    );
+    assert!(
+        text[7].contains(r#""event_type":"log.sealed""#) && text[7].contains(r#""sealed_index":7"#)
+    );
     assert!(text[3].contains(r#""actor":"SYSTEM""#));
     assert!(verify(&lines).is_ok(), "{:?}", verify(&lines));
 }
@@ -191,7 +209,9 @@ fn tampering_is_detected_with_the_contract_reasons() {
     // With every later hash recomputed: a skipped index, a wrong seal.
     let skipped = forge(&lines, 2, |t| t.replace(r#""index":3"#, r#""index":4"#));
     assert_eq!(verify(&skipped), broken(4, "index_mismatch"));
-    let bad_seal = forge(&lines, 3, |t| t.replace(r#""sealed_index":3"#, r#""sealed_index":2"#));
+    let bad_seal = forge(&lines, 3, |t| {
+        t.replace(r#""sealed_index":3"#, r#""sealed_index":2"#)
+    });
     assert_eq!(verify(&bad_seal), broken(4, "seal_mismatch"));
 
     // A line that is not JSON, or not an entry.

@@ -158,10 +158,10 @@ where
             return Ok(broken("entry_hash_mismatch"));
         }
         let prev_hash = prev.as_ref().map_or("", |(_, h)| h.as_str());
-        if prev.is_some() || opts.first_index.is_none_or(|f| f == 1) {
-            if e.previous_hash != prev_hash {
-                return Ok(broken("previous_hash_mismatch"));
-            }
+        // A segment (first index > 1) has no predecessor to compare with.
+        let chained = prev.is_some() || opts.first_index.is_none_or(|f| f == 1);
+        if chained && e.previous_hash != prev_hash {
+            return Ok(broken("previous_hash_mismatch"));
         }
         if !opts.upstream && e.index != expected {
             return Ok(broken("index_mismatch"));

@@ -8,7 +8,10 @@ use vvgate::audit::VerifyOptions;
 use vvgate::cli::{self, CliError, ProducerArgs, StateSource, Where};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Operate a vvgate gateway and send it signed telemetry")]
+#[command(
+    version,
+    about = "Operate a vvgate gateway and send it signed telemetry"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,7 +52,11 @@ struct State {
 
 impl State {
     fn source(&self) -> Result<StateSource, CliError> {
-        StateSource::new(&self.gw.where_(), self.socket.clone(), self.state_dir.clone())
+        StateSource::new(
+            &self.gw.where_(),
+            self.socket.clone(),
+            self.state_dir.clone(),
+        )
     }
 }
 
@@ -202,25 +209,57 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::DevPki { out } => {
             let pki = vvgate::devpki::generate(&out)?;
             println!("dev PKI written to {}", pki.dir.display());
-            println!("producer certificate pin (X-Client-Cert-Sha256): {}", pki.producer_pin);
-            println!("producer Ed25519 public key (spectrastrike_ed25519_public_key_b64): {}", pki.producer_public_b64);
+            println!(
+                "producer certificate pin (X-Client-Cert-Sha256): {}",
+                pki.producer_pin
+            );
+            println!(
+                "producer Ed25519 public key (spectrastrike_ed25519_public_key_b64): {}",
+                pki.producer_public_b64
+            );
             Ok(())
         }
-        Cmd::Send { gw, producer, file, keep, curl, repeat } => cli::send::run(
+        Cmd::Send {
+            gw,
+            producer,
+            file,
+            keep,
+            curl,
+            repeat,
+        } => cli::send::run(
             &gw.where_(),
             &producer.args(),
-            &cli::send::SendArgs { file, keep, curl, repeat },
+            &cli::send::SendArgs {
+                file,
+                keep,
+                curl,
+                repeat,
+            },
         ),
-        Cmd::Spool { cmd: SpoolCmd::Tail { state, limit } } => cli::spool::tail(&state.source()?, limit),
-        Cmd::Audit { cmd: AuditCmd::Verify { state, file, upstream } } => {
-            let opts = VerifyOptions { upstream, first_index: None };
+        Cmd::Spool {
+            cmd: SpoolCmd::Tail { state, limit },
+        } => cli::spool::tail(&state.source()?, limit),
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    state,
+                    file,
+                    upstream,
+                },
+        } => {
+            let opts = VerifyOptions {
+                upstream,
+                first_index: None,
+            };
             if file.is_some() {
                 cli::audit::verify(None, file.as_ref(), opts)
             } else {
                 cli::audit::verify(Some(&state.source()?), None, opts)
             }
         }
-        Cmd::Audit { cmd: AuditCmd::Export { state } } => cli::audit::export(&state.source()?),
+        Cmd::Audit {
+            cmd: AuditCmd::Export { state },
+        } => cli::audit::export(&state.source()?),
         Cmd::Status { state } => match state.source()?.ask("{\"cmd\":\"status\"}")? {
             Some(lines) => {
                 for l in lines {
@@ -228,12 +267,32 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 Ok(())
             }
-            None => Err(CliError::Failed("the gateway is not running (no control socket)".into())),
+            None => Err(CliError::Failed(
+                "the gateway is not running (no control socket)".into(),
+            )),
         },
-        Cmd::Bench { gw, producer, connections, duration, warmup, requests, idle, pid, json } => cli::bench::run(
+        Cmd::Bench {
+            gw,
+            producer,
+            connections,
+            duration,
+            warmup,
+            requests,
+            idle,
+            pid,
+            json,
+        } => cli::bench::run(
             &gw.where_(),
             &producer.args(),
-            &cli::bench::BenchArgs { connections, duration, warmup, requests, idle, pid, json },
+            &cli::bench::BenchArgs {
+                connections,
+                duration,
+                warmup,
+                requests,
+                idle,
+                pid,
+                json,
+            },
         ),
     }
 }

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         match devpki::ensure_dev_dir(&args.dev_dir, "127.0.0.1:8443", "127.0.0.1:9464") {
             Ok((path, created)) => {
                 if created {
-                    eprintln!("vvgated: created a development configuration, PKI and keys in {}", args.dev_dir.display());
+                    eprintln!(
+                        "vvgated: created a development configuration, PKI and keys in {}",
+                        args.dev_dir.display()
+                    );
                 }
                 print_dev_help(&args.dev_dir);
                 path

@@ -36,14 +36,19 @@ pub fn export(src: &StateSource) -> Result<(), CliError> {
 }
 
 /// Verify; prints the contract's JSON verdict and fails when the log is broken.
-pub fn verify(src: Option<&StateSource>, file: Option<&PathBuf>, opts: VerifyOptions) -> Result<(), CliError> {
+pub fn verify(
+    src: Option<&StateSource>,
+    file: Option<&PathBuf>,
+    opts: VerifyOptions,
+) -> Result<(), CliError> {
     let verdict = match file {
         Some(p) => {
             let reader: Box<dyn BufRead> = if p.as_os_str() == "-" {
                 Box::new(BufReader::new(std::io::stdin()))
             } else {
                 Box::new(BufReader::new(
-                    std::fs::File::open(p).map_err(io_err(format!("cannot open {}", p.display())))?,
+                    std::fs::File::open(p)
+                        .map_err(io_err(format!("cannot open {}", p.display())))?,
                 ))
             };
             verify_lines(reader.split(b'\n'), opts).map_err(io_err("cannot read the log"))?
@@ -51,8 +56,11 @@ pub fn verify(src: Option<&StateSource>, file: Option<&PathBuf>, opts: VerifyOpt
         None => {
             let src = src.ok_or_else(|| CliError::Usage("nothing to verify".into()))?;
             let lines = lines(src)?;
-            verify_lines(lines.into_iter().map(Ok::<_, std::convert::Infallible>), opts)
-                .unwrap_or_else(|e| match e {})
+            verify_lines(
+                lines.into_iter().map(Ok::<_, std::convert::Infallible>),
+                opts,
+            )
+            .unwrap_or_else(|e| match e {})
         }
     };
     println!("{}", verdict.to_json());

@@ -142,11 +142,15 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         Some(p) => Some(p),
         None => {
             let cfg = w.load()?;
-            cfg.and_then(|c| super::control(&c.control.socket_path, "{\"cmd\":\"status\"}").ok().flatten())
-                .and_then(|lines| {
-                    let v: serde_json::Value = serde_json::from_str(lines.first()?).ok()?;
-                    u32::try_from(v.get("pid")?.as_u64()?).ok()
-                })
+            cfg.and_then(|c| {
+                super::control(&c.control.socket_path, "{\"cmd\":\"status\"}")
+                    .ok()
+                    .flatten()
+            })
+            .and_then(|lines| {
+                let v: serde_json::Value = serde_json::from_str(lines.first()?).ok()?;
+                u32::try_from(v.get("pid")?.as_u64()?).ok()
+            })
         }
     };
     let conns = args.connections.max(1);
@@ -171,7 +175,12 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
 
     let mut idle = Vec::with_capacity(args.idle);
     for _ in 0..args.idle {
-        idle.push(Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(15))?);
+        idle.push(Connection::connect_tls(
+            t.addr,
+            &t.server_name,
+            t.producer.tls.clone(),
+            Duration::from_secs(15),
+        )?);
     }
 
     // Split the requests per connection.
@@ -191,7 +200,12 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 statuses: BTreeMap::new(),
                 errors: 0,
             };
-            let conn = Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(30));
+            let conn = Connection::connect_tls(
+                t.addr,
+                &t.server_name,
+                t.producer.tls.clone(),
+                Duration::from_secs(30),
+            );
             barrier.wait();
             let Ok(mut conn) = conn else {
                 res.errors += 1;
@@ -206,13 +220,19 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 match conn.send(&req) {
                     Ok(r) => {
                         if t0.duration_since(start) >= warm {
-                            res.latencies_us.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            res.latencies_us
+                                .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
                             *res.statuses.entry(r.status).or_default() += 1;
                         }
                     }
                     Err(_) => {
                         res.errors += 1;
-                        match Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(30)) {
+                        match Connection::connect_tls(
+                            t.addr,
+                            &t.server_name,
+                            t.producer.tls.clone(),
+                            Duration::from_secs(30),
+                        ) {
                             Ok(c) => conn = c,
                             Err(_) => break,
                         }
@@ -235,7 +255,9 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let mut errors = 0;
     for h in handles {
-        let r = h.join().map_err(|_| CliError::Failed("a bench thread panicked".into()))?;
+        let r = h
+            .join()
+            .map_err(|_| CliError::Failed("a bench thread panicked".into()))?;
         lat.extend(r.latencies_us);
         for (s, n) in r.statuses {
             *statuses.entry(s).or_default() += n;
@@ -248,7 +270,11 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         if lat.is_empty() {
             return 0.0;
         }
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
         let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
         f64::from(lat[i]) / 1000.0
     };
@@ -259,7 +285,11 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let (cpu_us, rss, peak) = match (cpu0, cpu1) {
         #[allow(clippy::cast_precision_loss)]
         (Some((c0, _, _)), Some((c1, rss, peak))) => (
-            if n > 0 { (c1 - c0) * 1e6 / n as f64 } else { 0.0 },
+            if n > 0 {
+                (c1 - c0) * 1e6 / n as f64
+            } else {
+                0.0
+            },
             rss,
             peak,
         ),
@@ -280,9 +310,17 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         );
     } else {
         let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-        println!("requests    {n} in {measured:.2} s ({}), errors {errors}", status_list.join(", "));
+        println!(
+            "requests    {n} in {measured:.2} s ({}), errors {errors}",
+            status_list.join(", ")
+        );
         println!("throughput  {rps:.0} req/s");
-        println!("latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", pct(0.5), pct(0.99), pct(1.0));
+        println!(
+            "latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
         match pid {
             Some(p) => println!(
                 "gateway     pid {p}: {cpu_us:.1} µs CPU/request ({cpu_share:.0}% of a core), RSS {:.1} MiB (peak {:.1} MiB) with {} idle + {conns} busy connections",

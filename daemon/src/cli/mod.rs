@@ -46,9 +46,10 @@ impl CliError {
             CliError::Config(_) => crate::exit::CONFIG,
             CliError::Storage(_) => crate::exit::IOERR,
             CliError::Failed(_) => 1,
-            CliError::Client(_) | CliError::Control { .. } | CliError::Io { .. } | CliError::DevPki(_) => {
-                crate::exit::UNAVAILABLE
-            }
+            CliError::Client(_)
+            | CliError::Control { .. }
+            | CliError::Io { .. }
+            | CliError::DevPki(_) => crate::exit::UNAVAILABLE,
         }
     }
 }
@@ -106,7 +107,12 @@ pub struct ProducerTarget {
     pub ca: PathBuf,
 }
 
-fn pick(given: &Option<PathBuf>, dev: &Option<PathBuf>, name: &str, flag: &str) -> Result<PathBuf, CliError> {
+fn pick(
+    given: &Option<PathBuf>,
+    dev: &Option<PathBuf>,
+    name: &str,
+    flag: &str,
+) -> Result<PathBuf, CliError> {
     given
         .clone()
         .or_else(|| dev.as_ref().map(|d| d.join(name)))
@@ -125,7 +131,11 @@ pub fn resolve_producer(w: &Where, a: &ProducerArgs) -> Result<ProducerTarget, C
             }
             addr.to_string()
         }
-        (None, None) => return Err(CliError::Usage("--target HOST:PORT is required (or --dev DIR / --config PATH)".into())),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "--target HOST:PORT is required (or --dev DIR / --config PATH)".into(),
+            ))
+        }
     };
     let addr = target
         .to_socket_addrs()
@@ -135,7 +145,12 @@ pub fn resolve_producer(w: &Where, a: &ProducerArgs) -> Result<ProducerTarget, C
     let ca = pick(&a.ca, &pki, "ca.pem", "--ca")?;
     let cert = pick(&a.cert, &pki, "producer.pem", "--cert")?;
     let key = pick(&a.key, &pki, "producer.key", "--key")?;
-    let signing = pick(&a.signing_key, &pki, "producer-signing.seed", "--signing-key")?;
+    let signing = pick(
+        &a.signing_key,
+        &pki,
+        "producer-signing.seed",
+        "--signing-key",
+    )?;
     let identity = a
         .identity
         .clone()
@@ -156,7 +171,12 @@ pub fn resolve_producer(w: &Where, a: &ProducerArgs) -> Result<ProducerTarget, C
 pub fn control(path: &Path, request: &str) -> Result<Option<Vec<String>>, CliError> {
     let mut s = match UnixStream::connect(path) {
         Ok(s) => s,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
             return Ok(None)
         }
         Err(e) => {
@@ -170,7 +190,8 @@ pub fn control(path: &Path, request: &str) -> Result<Option<Vec<String>>, CliErr
         path: path.display().to_string(),
         detail: e.to_string(),
     };
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(ctl)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(ctl)?;
     s.write_all(request.as_bytes()).map_err(ctl)?;
     s.write_all(b"\n").map_err(ctl)?;
     let mut lines = Vec::new();
@@ -195,7 +216,11 @@ pub struct StateSource {
 }
 
 impl StateSource {
-    pub fn new(w: &Where, socket: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<Self, CliError> {
+    pub fn new(
+        w: &Where,
+        socket: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+    ) -> Result<Self, CliError> {
         let cfg = w.load()?;
         let socket = socket.or_else(|| cfg.as_ref().map(|c| c.control.socket_path.clone()));
         let database = state_dir
@@ -203,7 +228,8 @@ impl StateSource {
             .map(|d| crate::run::database_path(&d));
         if socket.is_none() && database.is_none() {
             return Err(CliError::Usage(
-                "say which gateway: --dev DIR, --config PATH, --socket PATH or --state-dir DIR".into(),
+                "say which gateway: --dev DIR, --config PATH, --socket PATH or --state-dir DIR"
+                    .into(),
             ));
         }
         Ok(Self { socket, database })
@@ -223,7 +249,10 @@ impl StateSource {
             CliError::Usage("the gateway is not running and no state directory is known".into())
         })?;
         if !path.exists() {
-            return Err(CliError::Usage(format!("no database at {}", path.display())));
+            return Err(CliError::Usage(format!(
+                "no database at {}",
+                path.display()
+            )));
         }
         vvgate_storage::Store::open(path, 8 << 20).map_err(|e| match e {
             vvgate_storage::StorageError::Open { .. } => CliError::Failed(format!(

@@ -30,7 +30,9 @@ fn read_events(file: &Option<PathBuf>) -> Result<Vec<serde_json::Value>, CliErro
                 .map_err(io_err("cannot read stdin"))?;
             s
         }
-        Some(p) => std::fs::read_to_string(p).map_err(io_err(format!("cannot read {}", p.display())))?,
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(io_err(format!("cannot read {}", p.display())))?
+        }
     };
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
         return match v {
@@ -64,7 +66,10 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &SendArgs) -> Result<(), CliError
                 let ts = event.get("timestamp").and_then(serde_json::Value::as_u64);
                 let nonce = event.get("nonce").and_then(serde_json::Value::as_str);
                 let (Some(ts), Some(nonce)) = (ts, nonce) else {
-                    return Err(CliError::Usage(format!("event {}: --keep needs timestamp and nonce", i + 1)));
+                    return Err(CliError::Usage(format!(
+                        "event {}: --keep needs timestamp and nonce",
+                        i + 1
+                    )));
                 };
                 (client::canonical(event)?, ts, nonce.to_owned())
             } else {
@@ -72,11 +77,14 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &SendArgs) -> Result<(), CliError
                 let ts = crate::time::Clock::system().now().secs();
                 (client::prepare_event(event, ts, &nonce)?, ts, nonce)
             };
-            let idem = event.get("execution_hash").and_then(serde_json::Value::as_str);
+            let idem = event
+                .get("execution_hash")
+                .and_then(serde_json::Value::as_str);
             if args.curl {
                 let h = t.producer.headers(ts, &nonce, &body, idem);
                 let file = std::env::temp_dir().join(format!("vvctl-body-{nonce}.json"));
-                std::fs::write(&file, &body).map_err(io_err(format!("cannot write {}", file.display())))?;
+                std::fs::write(&file, &body)
+                    .map_err(io_err(format!("cannot write {}", file.display())))?;
                 let mut cmd = format!(
                     "curl -sS --cacert {} --cert {} --key {} --resolve {}:{}:{} \\\n  -H 'Content-Type: application/json' \\\n  -H {} -H {} \\\n  -H {} -H {} \\\n  -H {} \\\n",
                     shell_quote(&t.ca.display().to_string()),
@@ -92,7 +100,10 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &SendArgs) -> Result<(), CliError
                     shell_quote(&format!("X-Telemetry-Signature: {}", h.signature)),
                 );
                 if let Some(k) = &h.idempotency_key {
-                    cmd.push_str(&format!("  -H {} \\\n", shell_quote(&format!("Idempotency-Key: {k}"))));
+                    cmd.push_str(&format!(
+                        "  -H {} \\\n",
+                        shell_quote(&format!("Idempotency-Key: {k}"))
+                    ));
                 }
                 cmd.push_str(&format!(
                     "  --data-binary @{} https://{}:{}/internal/v1/telemetry; echo",
@@ -105,7 +116,12 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &SendArgs) -> Result<(), CliError
             }
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => conn.insert(Connection::connect_tls(t.addr, &t.server_name, t.producer.tls.clone(), Duration::from_secs(15))?),
+                None => conn.insert(Connection::connect_tls(
+                    t.addr,
+                    &t.server_name,
+                    t.producer.tls.clone(),
+                    Duration::from_secs(15),
+                )?),
             };
             let req = t.producer.request(&t.host, ts, &nonce, &body, idem);
             let resp = c.send(&req)?;
@@ -113,14 +129,19 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &SendArgs) -> Result<(), CliError
                 failures += 1;
             }
             println!("{} {}", resp.status, resp.body_text());
-            if resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            if resp
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            {
                 conn = None;
             }
             let _ = round;
         }
     }
     if failures > 0 {
-        return Err(CliError::Failed(format!("{failures} event(s) were not accepted")));
+        return Err(CliError::Failed(format!(
+            "{failures} event(s) were not accepted"
+        )));
     }
     Ok(())
 }

@@ -89,9 +89,24 @@ pub(crate) const ALIASES: &[(&str, &str, &str, Kind)] = &[
         "feedback_ed25519_keys",
         Kind::JsonMap,
     ),
-    ("VV_SERVICE_IDENTITY_CERT_PATH", "tls", "server_cert_path", Kind::Str),
-    ("VV_SERVICE_IDENTITY_KEY_PATH", "tls", "server_key", Kind::Str),
-    ("VV_SERVICE_IDENTITY_CA_PATH", "tls", "client_ca_path", Kind::Str),
+    (
+        "VV_SERVICE_IDENTITY_CERT_PATH",
+        "tls",
+        "server_cert_path",
+        Kind::Str,
+    ),
+    (
+        "VV_SERVICE_IDENTITY_KEY_PATH",
+        "tls",
+        "server_key",
+        Kind::Str,
+    ),
+    (
+        "VV_SERVICE_IDENTITY_CA_PATH",
+        "tls",
+        "client_ca_path",
+        Kind::Str,
+    ),
     (
         "VV_FEDERATION_SPECTRASTRIKE_ED25519_PUBKEY",
         "federation",
@@ -100,7 +115,12 @@ pub(crate) const ALIASES: &[(&str, &str, &str, Kind)] = &[
     ),
     ("VV_TAMPER_LOG_PATH", "audit", "export_path", Kind::Str),
     ("VV_TAMPER_LOG_SEAL_EVERY", "audit", "seal_every", Kind::Int),
-    ("VV_HSM_EVIDENCE_ROOT_KEY_ID", "evidence", "active_key_id", Kind::Str),
+    (
+        "VV_HSM_EVIDENCE_ROOT_KEY_ID",
+        "evidence",
+        "active_key_id",
+        Kind::Str,
+    ),
     ("VV_HSM_ROOT_KEYS_JSON", "evidence", "keys", Kind::JsonMap),
     ("VVGATE_PKCS11_MODULE", "keystore", "module", Kind::Str),
 ];
@@ -125,7 +145,16 @@ pub(crate) fn apply(
     for &(key, kind) in GATEWAY_KEYS {
         let var = gateway_var(key);
         if let Some(v) = env(&var) {
-            set(table, &var, "telemetry_gateway", key, kind, &v, problems, warnings);
+            set(
+                table,
+                &var,
+                "telemetry_gateway",
+                key,
+                kind,
+                &v,
+                problems,
+                warnings,
+            );
         }
     }
 }

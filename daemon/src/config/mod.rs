@@ -306,12 +306,13 @@ impl Config {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         env::apply(&mut table, env, &mut problems, &mut warnings);
-        let raw: raw::RawConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: origin.to_owned(),
-                detail: e.to_string(),
-            })?;
+        let raw: raw::RawConfig =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    detail: e.to_string(),
+                })?;
         validate::validate(raw, base_dir, problems, warnings)
     }
 }

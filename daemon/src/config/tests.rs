@@ -32,7 +32,9 @@ fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    Config::parse(text, "test.toml", Path::new("/etc/vvgate"), &|k| map.get(k).cloned())
+    Config::parse(text, "test.toml", Path::new("/etc/vvgate"), &|k| {
+        map.get(k).cloned()
+    })
 }
 
 fn problems(r: Result<Config, ConfigError>) -> Vec<Problem> {
@@ -84,13 +86,24 @@ fn every_problem_is_reported_with_its_key() {
     let text = minimal()
         .replace("mode = \"dev\"", "mode = \"dev\"\nallowed_clock_skew_seconds = 0\nnonce_ttl_seconds = 5\nrequire_mtls = false\nqueue_subject = \"bad subject\"");
     let p = problems(parse_env(&text, &[]));
-    assert!(has(&p, "telemetry_gateway.allowed_clock_skew_seconds", "between 1 and 3600"));
+    assert!(has(
+        &p,
+        "telemetry_gateway.allowed_clock_skew_seconds",
+        "between 1 and 3600"
+    ));
     assert!(has(&p, "telemetry_gateway.nonce_ttl_seconds", "between 30"));
     assert!(has(&p, "telemetry_gateway.require_mtls", "refused"));
-    assert!(has(&p, "telemetry_gateway.queue_subject", "not a NATS subject"));
+    assert!(has(
+        &p,
+        "telemetry_gateway.queue_subject",
+        "not a NATS subject"
+    ));
     assert_eq!(p.len(), 4, "{p:?}");
     let msg = ConfigError::Invalid(p).to_string();
-    assert!(msg.starts_with("invalid configuration (4 problems):"), "{msg}");
+    assert!(
+        msg.starts_with("invalid configuration (4 problems):"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -155,7 +168,9 @@ fn upstream_variable_names_map_onto_vvgate_keys() {
 
 #[test]
 fn pins_placeholders_colons_and_sharing() {
-    assert!(validate::parse_pin(&"a".repeat(64)).unwrap_err().contains("placeholder"));
+    assert!(validate::parse_pin(&"a".repeat(64))
+        .unwrap_err()
+        .contains("placeholder"));
     let colons: Vec<String> = PIN
         .as_bytes()
         .chunks(2)
@@ -171,7 +186,11 @@ fn pins_placeholders_colons_and_sharing() {
         &format!("{{ \"a\" = \"{PIN}\", \"b\" = [\"{PIN}\"] }}"),
     );
     let p = problems(parse_env(&text, &[]));
-    assert!(has(&p, "telemetry_gateway.allowed_service_identities.b", "already pinned"));
+    assert!(has(
+        &p,
+        "telemetry_gateway.allowed_service_identities.b",
+        "already pinned"
+    ));
 }
 
 #[test]
@@ -243,7 +262,11 @@ fn tenant_map_values_must_be_canonical_uuids() {
         "\"10000000-0000-0000-0000-00000000000G\"",
     );
     let p = problems(parse_env(&text, &[]));
-    assert!(has(&p, "telemetry_gateway.operator_tenant_map.op-001", "canonical"));
+    assert!(has(
+        &p,
+        "telemetry_gateway.operator_tenant_map.op-001",
+        "canonical"
+    ));
 }
 
 #[test]

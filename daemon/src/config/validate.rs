@@ -43,9 +43,16 @@ impl Checker<'_> {
 
     fn path(&mut self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
-        let joined = if p.is_absolute() { p } else { self.base.join(p) };
+        let joined = if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        };
         // Drop `.` components so messages and socket paths read cleanly.
-        joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+        joined
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
     }
 
     fn required<T>(&mut self, key: &str, v: Option<T>) -> Option<T> {
@@ -61,7 +68,9 @@ impl Checker<'_> {
             Ok(a) => a,
             Err(_) => {
                 self.bad(key, format!("expected ip:port, got {s:?}"));
-                default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+                default
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
             }
         }
     }
@@ -97,7 +106,9 @@ impl Checker<'_> {
         if !ok {
             self.bad(
                 key,
-                format!("{s:?} is not a NATS subject (dot-separated tokens, no wildcards or spaces)"),
+                format!(
+                    "{s:?} is not a NATS subject (dot-separated tokens, no wildcards or spaces)"
+                ),
             );
         }
         s
@@ -120,10 +131,12 @@ pub fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| format!("not valid standard base64: {e}"))?;
-    let key: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("decodes to {} bytes, an Ed25519 public key has 32", bytes.len()))?;
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        format!(
+            "decodes to {} bytes, an Ed25519 public key has 32",
+            bytes.len()
+        )
+    })?;
     if key.iter().all(|&b| b == 0) {
         return Err("is all zero bytes (a placeholder, not a key)".into());
     }
@@ -152,7 +165,9 @@ pub fn parse_pin(s: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| format!("{s:?} is not a SHA-256 fingerprint (64 hex characters)"))?;
     let lower = hex.to_ascii_lowercase();
     if lower.bytes().all(|b| b == lower.as_bytes()[0]) {
-        return Err(format!("{s:?} is a placeholder pin, not a certificate fingerprint"));
+        return Err(format!(
+            "{s:?} is a placeholder pin, not a certificate fingerprint"
+        ));
     }
     Ok(pin)
 }
@@ -185,7 +200,10 @@ pub(super) fn validate(
         "production" => Mode::Production,
         "dev" => Mode::Dev,
         other => {
-            c.bad(&k("mode"), format!("must be production or dev (got {other:?})"));
+            c.bad(
+                &k("mode"),
+                format!("must be production or dev (got {other:?})"),
+            );
             Mode::Production
         }
     };
@@ -193,7 +211,10 @@ pub(super) fn validate(
     let listen = c.addr(&k("listen"), g.listen, "0.0.0.0:8443");
 
     if g.require_mtls == Some(false) {
-        c.bad(&k("require_mtls"), "false is refused: mutual TLS is always required");
+        c.bad(
+            &k("require_mtls"),
+            "false is refused: mutual TLS is always required",
+        );
     }
     if g.require_payload_signature == Some(false) {
         c.bad(
@@ -211,7 +232,10 @@ pub(super) fn validate(
     // Identities and pins.
     let mut identities = Identities::default();
     match g.allowed_service_identities {
-        None => c.bad(&k("allowed_service_identities"), "is required (identity → pin)"),
+        None => c.bad(
+            &k("allowed_service_identities"),
+            "is required (identity → pin)",
+        ),
         Some(map) if map.is_empty() => c.bad(
             &k("allowed_service_identities"),
             "must name at least one identity",
@@ -321,7 +345,13 @@ pub(super) fn validate(
         1,
         3600,
     );
-    let nonce_ttl_seconds = c.int(&k("nonce_ttl_seconds"), g.nonce_ttl_seconds, 120, 30, 2_592_000);
+    let nonce_ttl_seconds = c.int(
+        &k("nonce_ttl_seconds"),
+        g.nonce_ttl_seconds,
+        120,
+        30,
+        2_592_000,
+    );
     let nonce_backend = match g.nonce_backend.as_deref().unwrap_or("redb") {
         "redb" => NonceBackend::Redb,
         "jetstream_kv" => {
@@ -340,8 +370,10 @@ pub(super) fn validate(
         }
     };
     if g.redis_url.is_some() {
-        c.warnings
-            .push(format!("{} is not used by vvgate and is ignored", k("redis_url")));
+        c.warnings.push(format!(
+            "{} is not used by vvgate and is ignored",
+            k("redis_url")
+        ));
     }
     let rate_limit_per_minute = c.int(
         &k("rate_limit_per_minute"),
@@ -362,11 +394,18 @@ pub(super) fn validate(
         "spool" => QueueBackend::Spool,
         "nats" => QueueBackend::Nats,
         other => {
-            c.bad(&k("queue_backend"), format!("must be spool or nats (got {other:?})"));
+            c.bad(
+                &k("queue_backend"),
+                format!("must be spool or nats (got {other:?})"),
+            );
             QueueBackend::Spool
         }
     };
-    let queue_subject = c.subject(&k("queue_subject"), g.queue_subject, "vectorvue.telemetry.ingest");
+    let queue_subject = c.subject(
+        &k("queue_subject"),
+        g.queue_subject,
+        "vectorvue.telemetry.ingest",
+    );
     let dlq_subject = c.subject(&k("dlq_subject"), g.dlq_subject, "vectorvue.telemetry.dlq");
     if queue_subject == dlq_subject {
         c.bad(&k("dlq_subject"), "must differ from queue_subject");
@@ -402,7 +441,10 @@ pub(super) fn validate(
     for v in g.allowed_schema_versions.unwrap_or_default() {
         let t = v.trim().to_owned();
         if t.is_empty() || t.chars().count() > 64 {
-            c.bad(&k("allowed_schema_versions"), format!("{v:?} is not a schema version"));
+            c.bad(
+                &k("allowed_schema_versions"),
+                format!("{v:?} is not a schema version"),
+            );
         } else if !allowed_schema_versions.contains(&t) {
             allowed_schema_versions.push(t);
         }
@@ -433,8 +475,20 @@ pub(super) fn validate(
     }
 
     let limits = Limits {
-        max_body_bytes: c.usize(&k("max_body_bytes"), g.max_body_bytes, 1_048_576, 1024, 64 << 20),
-        max_header_bytes: c.usize(&k("max_header_bytes"), g.max_header_bytes, 16_384, 1024, 1 << 20),
+        max_body_bytes: c.usize(
+            &k("max_body_bytes"),
+            g.max_body_bytes,
+            1_048_576,
+            1024,
+            64 << 20,
+        ),
+        max_header_bytes: c.usize(
+            &k("max_header_bytes"),
+            g.max_header_bytes,
+            16_384,
+            1024,
+            1 << 20,
+        ),
         max_connections: c.usize(&k("max_connections"), g.max_connections, 4096, 1, 1_000_000),
         max_in_flight: c.usize(&k("max_in_flight"), g.max_in_flight, 1024, 1, 1_000_000),
         header_read_timeout: c.secs(
@@ -451,7 +505,13 @@ pub(super) fn validate(
             1,
             3600,
         ),
-        idle_timeout: c.secs(&k("idle_timeout_seconds"), g.idle_timeout_seconds, 60, 1, 86_400),
+        idle_timeout: c.secs(
+            &k("idle_timeout_seconds"),
+            g.idle_timeout_seconds,
+            60,
+            1,
+            86_400,
+        ),
     };
     let idempotent_retry = g.idempotent_retry.unwrap_or(false);
     let retry_after_seconds = c.int(&k("retry_after_seconds"), g.retry_after_seconds, 1, 1, 3600);
@@ -459,7 +519,13 @@ pub(super) fn validate(
     let mitre_catalogue_path = g.mitre_catalogue_path.as_deref().map(|p| c.path(p));
     let graph = GraphLimits {
         max_nodes: c.usize(&k("graph_max_nodes"), g.graph_max_nodes, 4096, 1, 1_000_000),
-        max_edges: c.usize(&k("graph_max_edges"), g.graph_max_edges, 16_384, 1, 4_000_000),
+        max_edges: c.usize(
+            &k("graph_max_edges"),
+            g.graph_max_edges,
+            16_384,
+            1,
+            4_000_000,
+        ),
         retention_per_tenant: c.usize(
             &k("graph_retention_per_tenant"),
             g.graph_retention_per_tenant,
@@ -468,7 +534,13 @@ pub(super) fn validate(
             1_000_000,
         ),
     };
-    let spool_max_events = c.int(&k("spool_max_events"), g.spool_max_events, 1_000_000, 1, i64::MAX);
+    let spool_max_events = c.int(
+        &k("spool_max_events"),
+        g.spool_max_events,
+        1_000_000,
+        1,
+        i64::MAX,
+    );
     let spool_max_bytes = c.int(
         &k("spool_max_bytes"),
         g.spool_max_bytes,
@@ -513,7 +585,10 @@ pub(super) fn validate(
         "1.3" => TlsVersion::V13,
         "1.2" => TlsVersion::V12,
         other => {
-            c.bad("tls.min_version", format!("must be 1.2 or 1.3 (got {other:?})"));
+            c.bad(
+                "tls.min_version",
+                format!("must be 1.2 or 1.3 (got {other:?})"),
+            );
             TlsVersion::V13
         }
     };
@@ -526,7 +601,10 @@ pub(super) fn validate(
 
     // [nats]
     let n = raw.nats;
-    let nats_key = n.key.as_deref().and_then(|v| c.key_ref("nats.key", v, mode));
+    let nats_key = n
+        .key
+        .as_deref()
+        .and_then(|v| c.key_ref("nats.key", v, mode));
     let nats = NatsConfig {
         url: g.nats_url.clone(),
         ca_path: n.ca_path.as_deref().map(|p| c.path(p)),
@@ -543,7 +621,10 @@ pub(super) fn validate(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
-        c.bad("nats.stream", "stream names are letters, digits, '_' and '-'");
+        c.bad(
+            "nats.stream",
+            "stream names are letters, digits, '_' and '-'",
+        );
     }
     if queue_backend == QueueBackend::Nats {
         c.bad(
@@ -637,7 +718,10 @@ pub(super) fn validate(
             KeystoreBackend::Pkcs11
         }
         other => {
-            c.bad("keystore.backend", format!("must be file or pkcs11 (got {other:?})"));
+            c.bad(
+                "keystore.backend",
+                format!("must be file or pkcs11 (got {other:?})"),
+            );
             KeystoreBackend::File
         }
     };
@@ -683,13 +767,18 @@ pub(super) fn validate(
         }
     }
     let evidence = EvidenceConfig {
-        active_key_id: ev.active_key_id.unwrap_or_else(|| "vv-evidence-kek-v1".into()),
+        active_key_id: ev
+            .active_key_id
+            .unwrap_or_else(|| "vv-evidence-kek-v1".into()),
         keys: ev_keys,
     };
     if !evidence.keys.is_empty() && !evidence.keys.contains_key(&evidence.active_key_id) {
         c.bad(
             "evidence.active_key_id",
-            format!("{:?} is not a key of [evidence] keys", evidence.active_key_id),
+            format!(
+                "{:?} is not a key of [evidence] keys",
+                evidence.active_key_id
+            ),
         );
     }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::Timer;
 
-use super::{find_head_end, has_request_line, parse_head, write_response, Head, HeadError, Response, Span};
+use super::{
+    find_head_end, has_request_line, parse_head, write_response, Head, HeadError, Response, Span,
+};
 
 /// Who is on the other end.
 #[derive(Clone, Debug)]
@@ -122,9 +124,7 @@ async fn read_more<T: AsyncRead + Unpin>(
 
 async fn write_timed<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8], deadline: Duration) -> bool {
     futures_lite::future::or(
-        async {
-            io.write_all(data).await.is_ok() && io.flush().await.is_ok()
-        },
+        async { io.write_all(data).await.is_ok() && io.flush().await.is_ok() },
         async {
             Timer::after(deadline).await;
             false
@@ -154,7 +154,10 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         // Wait for the next request.
         if buf.is_empty() {
             timer.set_after(limits.idle_timeout);
-            if read_more(&mut io, &mut buf, chunk, &mut timer).await.is_err() {
+            if read_more(&mut io, &mut buf, chunk, &mut timer)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -166,32 +169,94 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
                 break end;
             }
             if buf.len() > limits.max_header_bytes {
-                break 'requests fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await;
+                break 'requests fail(
+                    svc,
+                    &mut st,
+                    conn,
+                    FramingError::HeaderTooLarge,
+                    &mut io,
+                    &mut body,
+                    &mut out,
+                    limits,
+                )
+                .await;
             }
             scanned = buf.len();
-            let room = (limits.max_header_bytes + 4).saturating_sub(buf.len()).clamp(1, chunk);
+            let room = (limits.max_header_bytes + 4)
+                .saturating_sub(buf.len())
+                .clamp(1, chunk);
             match read_more(&mut io, &mut buf, room, &mut timer).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) if has_request_line(&buf) => {
-                    break 'requests fail(svc, &mut st, conn, FramingError::Timeout, &mut io, &mut body, &mut out, limits).await;
+                    break 'requests fail(
+                        svc,
+                        &mut st,
+                        conn,
+                        FramingError::Timeout,
+                        &mut io,
+                        &mut body,
+                        &mut out,
+                        limits,
+                    )
+                    .await;
                 }
                 Err(_) => break 'requests,
             }
         };
         if head_end > limits.max_header_bytes {
-            break fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await;
+            break fail(
+                svc,
+                &mut st,
+                conn,
+                FramingError::HeaderTooLarge,
+                &mut io,
+                &mut body,
+                &mut out,
+                limits,
+            )
+            .await;
         }
         let head = match parse_head(&buf[..head_end]) {
             Ok(h) => h,
             Err(HeadError::Malformed) => {
-                break fail(svc, &mut st, conn, FramingError::Malformed, &mut io, &mut body, &mut out, limits).await
+                break fail(
+                    svc,
+                    &mut st,
+                    conn,
+                    FramingError::Malformed,
+                    &mut io,
+                    &mut body,
+                    &mut out,
+                    limits,
+                )
+                .await
             }
             Err(HeadError::TooLarge) => {
-                break fail(svc, &mut st, conn, FramingError::HeaderTooLarge, &mut io, &mut body, &mut out, limits).await
+                break fail(
+                    svc,
+                    &mut st,
+                    conn,
+                    FramingError::HeaderTooLarge,
+                    &mut io,
+                    &mut body,
+                    &mut out,
+                    limits,
+                )
+                .await
             }
         };
         if head.transfer_encoding {
-            break fail(svc, &mut st, conn, FramingError::LengthRequired, &mut io, &mut body, &mut out, limits).await;
+            break fail(
+                svc,
+                &mut st,
+                conn,
+                FramingError::LengthRequired,
+                &mut io,
+                &mut body,
+                &mut out,
+                limits,
+            )
+            .await;
         }
         let announced = head.content_length.unwrap_or(0);
         let body_len = usize::try_from(announced).unwrap_or(usize::MAX);
@@ -206,7 +271,10 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
                 timer.set_after(limits.body_read_timeout);
                 while buf.len() < head_end + body_len {
                     let want = (head_end + body_len - buf.len()).min(chunk);
-                    if read_more(&mut io, &mut buf, want, &mut timer).await.is_err() {
+                    if read_more(&mut io, &mut buf, want, &mut timer)
+                        .await
+                        .is_err()
+                    {
                         break 'requests;
                     }
                 }
@@ -219,8 +287,14 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             continue;
         }
 
-        if head.expect_continue && buf.len() < head_end + body_len
-            && !write_timed(&mut io, b"HTTP/1.1 100 Continue\r\n\r\n", limits.body_read_timeout).await
+        if head.expect_continue
+            && buf.len() < head_end + body_len
+            && !write_timed(
+                &mut io,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                limits.body_read_timeout,
+            )
+            .await
         {
             break;
         }
@@ -232,7 +306,17 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             match read_more(&mut io, &mut buf, want, &mut timer).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) => {
-                    break 'requests fail(svc, &mut st, conn, FramingError::Timeout, &mut io, &mut body, &mut out, limits).await;
+                    break 'requests fail(
+                        svc,
+                        &mut st,
+                        conn,
+                        FramingError::Timeout,
+                        &mut io,
+                        &mut body,
+                        &mut out,
+                        limits,
+                    )
+                    .await;
                 }
                 Err(ReadErr::Closed) => break 'requests,
             }
@@ -242,7 +326,9 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             end: total,
         };
         body.clear();
-        let mut resp = svc.handle(&mut st, conn, &head, &buf, span, &mut body).await;
+        let mut resp = svc
+            .handle(&mut st, conn, &head, &buf, span, &mut body)
+            .await;
         resp.close |= head.close;
         if !respond(&mut io, &resp, &body, &mut out, limits).await || resp.close {
             break;

@@ -182,7 +182,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
     let end = v
         .iter()
         .rposition(|&b| b != b' ' && b != b'\t')

@@ -17,7 +17,10 @@ X-Telemetry-Nonce: n-1\r\nX-Telemetry-Signature: c2ln\r\nIdempotency-Key: k\r\nC
     assert_eq!(h.method, Some(Method::Post));
     assert_eq!(h.path.str(buf), "/internal/v1/telemetry");
     assert_eq!(h.content_length, Some(12));
-    assert_eq!(h.service_identity.unwrap().str(buf), "spectrastrike-producer");
+    assert_eq!(
+        h.service_identity.unwrap().str(buf),
+        "spectrastrike-producer"
+    );
     assert_eq!(h.timestamp.unwrap().str(buf), "1772107200");
     assert_eq!(h.idempotency_key.unwrap().str(buf), "k");
     assert!(!h.close && !h.http10 && !h.transfer_encoding && !h.expect_continue);
@@ -62,10 +65,26 @@ fn too_many_headers_is_431() {
 #[test]
 fn connection_semantics() {
     assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().close);
-    assert!(!head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().close);
-    assert!(head("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n").unwrap().close);
-    assert!(head("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n").unwrap().expect_continue);
-    assert!(head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().transfer_encoding);
+    assert!(
+        !head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .close
+    );
+    assert!(
+        head("GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n")
+            .unwrap()
+            .close
+    );
+    assert!(
+        head("POST / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .expect_continue
+    );
+    assert!(
+        head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .transfer_encoding
+    );
 }
 
 #[test]
@@ -86,7 +105,11 @@ fn json_media_type_rules() {
         b"application/json-patch+json",
         b"",
     ] {
-        assert!(!is_json_content_type(bad), "{}", String::from_utf8_lossy(bad));
+        assert!(
+            !is_json_content_type(bad),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
     }
     assert!(is_identity_encoding(None));
     assert!(is_identity_encoding(Some(b"Identity")));

@@ -10,7 +10,7 @@ use crate::config::{Identities, ProducerKeys};
 use crate::http::{Head, Span};
 
 /// A header value, trimmed, or `None` when absent or blank.
-fn present<'b>(span: Option<Span>, buf: &'b [u8]) -> Option<&'b str> {
+fn present(span: Option<Span>, buf: &[u8]) -> Option<&str> {
     span.map(|s| s.str(buf)).filter(|v| !v.is_empty())
 }
 
@@ -137,7 +137,10 @@ pub(super) fn verify_signature(
     msg.push(b'.');
     msg.extend_from_slice(body);
     for key in keys.valid_at(now) {
-        if UnparsedPublicKey::new(&ED25519, key).verify(msg, sig).is_ok() {
+        if UnparsedPublicKey::new(&ED25519, key)
+            .verify(msg, sig)
+            .is_ok()
+        {
             signed.key = *key;
             return Ok(());
         }
@@ -153,10 +156,23 @@ mod tests {
     fn epoch_forms() {
         assert_eq!(parse_epoch("1772107200"), Some(1_772_107_200));
         assert_eq!(parse_epoch("0"), Some(0));
-        for bad in ["", "12a", "+1772107200", "01772107200", " 1", "1 ", "-1", "1_000", "99999999999999999999"] {
+        for bad in [
+            "",
+            "12a",
+            "+1772107200",
+            "01772107200",
+            " 1",
+            "1 ",
+            "-1",
+            "1_000",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_epoch(bad), None, "{bad:?}");
         }
-        assert_eq!(parse_epoch("9999999999999999999"), Some(9_999_999_999_999_999_999));
+        assert_eq!(
+            parse_epoch("9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
     }
 
     #[test]
@@ -164,7 +180,10 @@ mod tests {
         // CONTRACT.md §13.1: the producer request vector.
         let body = include_bytes!("../../tests/data/producer-request.json");
         let keys = ProducerKeys {
-            active: crate::config::parse_ed25519_public("A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=").unwrap(),
+            active: crate::config::parse_ed25519_public(
+                "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+            )
+            .unwrap(),
             active_not_after: None,
             next: None,
         };
@@ -176,7 +195,10 @@ mod tests {
         };
         let sig = "UZBdtXCz6T0DrZ3FORfFSaf4jhGfvGz8POfknpUbIa2liI+aa/8fglKVVqNn5SRXYsuiAVKuD70zXnqKlxySBQ==";
         let mut msg = Vec::new();
-        assert_eq!(crate::ids::hex32(&crate::ids::sha256(body)).as_str(), "c34d5aa6db1a40db4b3071f5f3c048e898b4329fe5ba3bdd5ea1075c6c406dae");
+        assert_eq!(
+            crate::ids::hex32(&crate::ids::sha256(body)).as_str(),
+            "c34d5aa6db1a40db4b3071f5f3c048e898b4329fe5ba3bdd5ea1075c6c406dae"
+        );
         verify_signature(&mut s, sig, body, &keys, 1_772_107_200, &mut msg).unwrap();
         assert_eq!(s.key, keys.active);
         // One body byte changed.

@@ -67,7 +67,7 @@ impl<'b> Ctx<'b> {
 /// A refusal with what it writes besides the audit entry.
 pub struct Refusal {
     pub rejection: Rejection,
-    pub dlq: Option<SpoolItem>,
+    pub dlq: Option<Box<SpoolItem>>,
     pub retry_after: Option<u64>,
     pub original: Option<[u8; 16]>,
 }
@@ -85,7 +85,9 @@ impl From<Rejection> for Refusal {
 
 /// Checks M1–M3 (§3.1): media type, non-empty body, size. Header-only, before the body is read.
 pub fn telemetry_before_body(gw: &Gateway, head: &Head, buf: &[u8]) -> Option<Rejection> {
-    let ct_ok = head.content_type.is_some_and(|s| is_json_content_type(s.get(buf)));
+    let ct_ok = head
+        .content_type
+        .is_some_and(|s| is_json_content_type(s.get(buf)));
     if !ct_ok || !is_identity_encoding(head.content_encoding.map(|s| s.get(buf))) {
         return Some(Rejection::UnsupportedMediaType);
     }
@@ -132,9 +134,14 @@ pub async fn telemetry(
             Ok(v) => v,
             Err(r) => return gw.refuse(&ctx, r.into(), out).await,
         };
-    if let Err(r) =
-        checks::verify_signature(&mut signed, sig, body, &cfg.producer_keys, secs, &mut st.msg)
-    {
+    if let Err(r) = checks::verify_signature(
+        &mut signed,
+        sig,
+        body,
+        &cfg.producer_keys,
+        secs,
+        &mut st.msg,
+    ) {
         return gw.refuse(&ctx, r.into(), out).await;
     }
 
@@ -147,12 +154,25 @@ pub async fn telemetry(
         Ok(Some(rec)) => return gw.resend(&ctx, rec, body_sha256, out).await,
         Err(e) => {
             tracing::error!(error = %e, "nonce lookup failed");
-            return gw.refuse(&ctx, Rejection::NonceStoreUnavailable.into(), out).await;
+            return gw
+                .refuse(&ctx, Rejection::NonceStoreUnavailable.into(), out)
+                .await;
         }
     }
 
     // Steps 16–28.
-    let accepted = match evaluate_body(gw, st, &ctx, identity, &signed, head, buf, body, &body_sha256, now) {
+    let accepted = match evaluate_body(
+        gw,
+        st,
+        &ctx,
+        identity,
+        &signed,
+        head,
+        buf,
+        body,
+        &body_sha256,
+        now,
+    ) {
         Ok(a) => a,
         Err(refusal) => return gw.refuse(&ctx, refusal, out).await,
     };
@@ -239,12 +259,12 @@ fn dead_letter(
     );
     Refusal {
         rejection,
-        dlq: Some(SpoolItem {
+        dlq: Some(Box::new(SpoolItem {
             kind: EnvelopeKind::DeadLetter,
             msg_id: envelope::dead_letter_msg_id(&st.msg),
             integrity_hash,
             body: env,
-        }),
+        })),
         retry_after: None,
         original: None,
     }
@@ -270,7 +290,15 @@ fn evaluate_body(
         // 16.
         let doc = match tape.parse(body) {
             Ok(d) => d,
-            Err(_) => return Err(dead_letter(gw, st, Rejection::InvalidJson, DeadLetterTrace::JsonDecode, body)),
+            Err(_) => {
+                return Err(dead_letter(
+                    gw,
+                    st,
+                    Rejection::InvalidJson,
+                    DeadLetterTrace::JsonDecode,
+                    body,
+                ))
+            }
         };
         // 17.
         let req = match schema::parse_request(&doc) {
@@ -298,7 +326,13 @@ fn evaluate_body(
         let policy = PayloadPolicy {
             catalogue: gw.catalogue.as_deref(),
         };
-        let info = match schema::normalise_payload(&doc, req.payload, policy, &mut st.scratch, &mut st.normalised) {
+        let info = match schema::normalise_payload(
+            &doc,
+            req.payload,
+            policy,
+            &mut st.scratch,
+            &mut st.normalised,
+        ) {
             Ok(info) => info,
             Err(PayloadError::Canonical(v)) => {
                 let errors = [v];
@@ -315,7 +349,10 @@ fn evaluate_body(
                     gw,
                     st,
                     Rejection::ContractV2NotObject,
-                    DeadLetterTrace::Message("contract_v2_validation", schema::CONTRACT_V2_NOT_OBJECT),
+                    DeadLetterTrace::Message(
+                        "contract_v2_validation",
+                        schema::CONTRACT_V2_NOT_OBJECT,
+                    ),
                     body,
                 ))
             }
@@ -432,7 +469,10 @@ fn evaluate_body(
             ("campaign_id", Detail::Str(&req.campaign_id)),
             ("service_identity", Detail::Str(identity)),
             ("key_id", Detail::Str(&key_id)),
-            ("signed_timestamp", Detail::Int(i64::try_from(signed.ts).unwrap_or(i64::MAX))),
+            (
+                "signed_timestamp",
+                Detail::Int(i64::try_from(signed.ts).unwrap_or(i64::MAX)),
+            ),
             ("nonce", Detail::Str(signed.nonce)),
             ("body_sha256", Detail::Str(&body_hash)),
             ("event_id", Detail::Str(&info.event_id)),

@@ -97,7 +97,9 @@ impl Rejection {
             | SchemaVersionNotAllowed => 422,
             OperatorNotMapped | TenantMappingViolation => 403,
             RateLimited => 429,
-            NonceStoreUnavailable | SpoolFull | DlqSpoolFull | Overloaded | PersistenceFailed => 503,
+            NonceStoreUnavailable | SpoolFull | DlqSpoolFull | Overloaded | PersistenceFailed => {
+                503
+            }
         }
     }
 
@@ -165,15 +167,40 @@ impl Rejection {
             CanonicalSchemaInvalid => Some("canonical_schema_failed"),
             ContractV2NotObject => Some("contract_v2_validation_failed"),
             ContractV2Invalid => Some("contract_v2_schema_failed"),
-            MalformedHttp | RequestTimeout | LengthRequired | HeaderTooLarge | NotFound
-            | MethodNotAllowed | UnsupportedMediaType | EmptyBody | BodyTooLarge
-            | MissingServiceIdentity | MissingCertFingerprint | BadCertFingerprintFormat
-            | UnknownServiceIdentity | MissingTimestamp | MissingNonce | MissingSignature
-            | SignatureNotBase64 | TimestampNotEpochSeconds | TimestampOutsideSkew
-            | SignatureEncoding | SignatureInvalid | NonceReused | NonceStoreUnavailable
-            | BodyTimestampMismatch | BodyNonceMismatch | SignedMetadataMismatch
-            | OperatorNotMapped | TenantMappingViolation | SchemaVersionRequired
-            | SchemaVersionNotAllowed | RateLimited | SpoolFull | DlqSpoolFull | Overloaded
+            MalformedHttp
+            | RequestTimeout
+            | LengthRequired
+            | HeaderTooLarge
+            | NotFound
+            | MethodNotAllowed
+            | UnsupportedMediaType
+            | EmptyBody
+            | BodyTooLarge
+            | MissingServiceIdentity
+            | MissingCertFingerprint
+            | BadCertFingerprintFormat
+            | UnknownServiceIdentity
+            | MissingTimestamp
+            | MissingNonce
+            | MissingSignature
+            | SignatureNotBase64
+            | TimestampNotEpochSeconds
+            | TimestampOutsideSkew
+            | SignatureEncoding
+            | SignatureInvalid
+            | NonceReused
+            | NonceStoreUnavailable
+            | BodyTimestampMismatch
+            | BodyNonceMismatch
+            | SignedMetadataMismatch
+            | OperatorNotMapped
+            | TenantMappingViolation
+            | SchemaVersionRequired
+            | SchemaVersionNotAllowed
+            | RateLimited
+            | SpoolFull
+            | DlqSpoolFull
+            | Overloaded
             | PersistenceFailed => None,
         }
     }
@@ -183,7 +210,12 @@ impl Rejection {
         use Rejection::*;
         matches!(
             self,
-            MalformedHttp | RequestTimeout | LengthRequired | HeaderTooLarge | NotFound | MethodNotAllowed
+            MalformedHttp
+                | RequestTimeout
+                | LengthRequired
+                | HeaderTooLarge
+                | NotFound
+                | MethodNotAllowed
         )
     }
 
@@ -203,7 +235,9 @@ impl Rejection {
             InvalidJson => Some(("invalid_json", "json_decode")),
             SchemaInvalid => Some(("schema_validation_failed", "schema_validation")),
             CanonicalSchemaInvalid => Some(("canonical_schema_failed", "canonical_schema")),
-            ContractV2NotObject => Some(("contract_v2_validation_failed", "contract_v2_validation")),
+            ContractV2NotObject => {
+                Some(("contract_v2_validation_failed", "contract_v2_validation"))
+            }
             ContractV2Invalid => Some(("contract_v2_schema_failed", "contract_v2_schema")),
             _ => None,
         }
@@ -213,17 +247,48 @@ impl Rejection {
     pub const ALL: [Rejection; 42] = {
         use Rejection::*;
         [
-            MalformedHttp, RequestTimeout, LengthRequired, HeaderTooLarge, NotFound,
-            MethodNotAllowed, UnsupportedMediaType, EmptyBody, BodyTooLarge,
-            MissingServiceIdentity, MissingCertFingerprint, BadCertFingerprintFormat,
-            UnknownServiceIdentity, HeaderNotPinned, PresentedCertificateMismatch,
-            MissingTimestamp, MissingNonce, MissingSignature, SignatureNotBase64,
-            TimestampNotEpochSeconds, TimestampOutsideSkew, SignatureEncoding, SignatureInvalid,
-            NonceReused, NonceStoreUnavailable, InvalidJson, SchemaInvalid,
-            BodyTimestampMismatch, BodyNonceMismatch, CanonicalSchemaInvalid,
-            ContractV2NotObject, ContractV2Invalid, SignedMetadataMismatch, OperatorNotMapped,
-            TenantMappingViolation, SchemaVersionRequired, SchemaVersionNotAllowed, RateLimited,
-            SpoolFull, DlqSpoolFull, Overloaded, PersistenceFailed,
+            MalformedHttp,
+            RequestTimeout,
+            LengthRequired,
+            HeaderTooLarge,
+            NotFound,
+            MethodNotAllowed,
+            UnsupportedMediaType,
+            EmptyBody,
+            BodyTooLarge,
+            MissingServiceIdentity,
+            MissingCertFingerprint,
+            BadCertFingerprintFormat,
+            UnknownServiceIdentity,
+            HeaderNotPinned,
+            PresentedCertificateMismatch,
+            MissingTimestamp,
+            MissingNonce,
+            MissingSignature,
+            SignatureNotBase64,
+            TimestampNotEpochSeconds,
+            TimestampOutsideSkew,
+            SignatureEncoding,
+            SignatureInvalid,
+            NonceReused,
+            NonceStoreUnavailable,
+            InvalidJson,
+            SchemaInvalid,
+            BodyTimestampMismatch,
+            BodyNonceMismatch,
+            CanonicalSchemaInvalid,
+            ContractV2NotObject,
+            ContractV2Invalid,
+            SignedMetadataMismatch,
+            OperatorNotMapped,
+            TenantMappingViolation,
+            SchemaVersionRequired,
+            SchemaVersionNotAllowed,
+            RateLimited,
+            SpoolFull,
+            DlqSpoolFull,
+            Overloaded,
+            PersistenceFailed,
         ]
     };
 }

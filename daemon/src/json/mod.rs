@@ -15,11 +15,11 @@ mod parse;
 mod write;
 
 pub use parse::{Doc, JsonError, Kind, Node, StrChars, Tape};
-pub(crate) use write::{write_chars, write_str_node};
 pub use write::{
     canonicalize, canonicalize_doc, float_repr, write_escaped, write_i64, write_str, write_u64,
     Cjson,
 };
+pub(crate) use write::{write_chars, write_str_node};
 
 #[cfg(test)]
 mod tests;

@@ -420,12 +420,7 @@ impl Parser<'_, '_> {
         } else if int_digits > MAX_INT_DIGITS {
             return Err(JsonError::NumberOutOfRange(start));
         }
-        self.push(
-            if float { Kind::Float } else { Kind::Int },
-            false,
-            start,
-            p,
-        );
+        self.push(if float { Kind::Float } else { Kind::Int }, false, start, p);
         Ok(())
     }
 }
@@ -536,7 +531,7 @@ impl<'a> Doc<'a> {
     pub fn chars(&self, i: usize) -> StrChars<'a> {
         let n = &self.nodes[i];
         StrChars {
-            raw: self.src[n.start..n.end].as_bytes(),
+            raw: &self.src.as_bytes()[n.start..n.end],
             text: &self.src[n.start..n.end],
             pos: 0,
         }

@@ -167,5 +167,8 @@ fn cjson_builder_separators() {
         .key("c")
         .i64(-3)
         .end_obj();
-    assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":[1,"x"],"b":{},"c":-3}"#);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"a":[1,"x"],"b":{},"c":-3}"#
+    );
 }
