@@ -5,13 +5,19 @@
 //! `group_commit_max_requests` operations or `group_commit_max_delay_us` of collecting, writes
 //! them in one redb transaction (nonce, spooled envelope, audit entry; or just the audit entry
 //! of a rejection) and commits with `Durability::Immediate`. Only then does each request get
-//! its [`Outcome`]. It never waits for more work when the channel is empty, so a lone request
-//! pays one fsync and no timer.
+//! its [`Outcome`].
+//!
+//! Waiting to fill a group is adaptive: when the previous group held more than one decision
+//! (the gateway is busy), the thread waits up to `group_commit_max_delay_us` for company
+//! before committing; when it held one, the next lone decision is committed at once. So under
+//! load groups grow and the fixed cost of a commit is shared, and a quiet gateway still answers
+//! after a single fsync.
 //!
 //! It is also the only writer of the database: nonce expiry and (later) spool deletion happen
 //! here, between groups.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,6 +99,8 @@ pub struct Shared {
     pub failed_commits: AtomicU64,
     /// False after a failed commit until the next successful one.
     pub healthy: AtomicBool,
+    /// Operations queued and not yet taken by the storage thread.
+    pub queued: AtomicUsize,
 }
 
 /// The storage thread's settings.
@@ -107,10 +115,18 @@ pub struct CommitConfig {
     pub nonce_retention_secs: u64,
 }
 
+/// What travels to the storage thread.
+enum Msg {
+    Op(Op),
+    /// Commit what is queued, then exit.
+    Stop,
+}
+
 /// The event loop's end of the storage thread.
 #[derive(Clone)]
 pub struct Committer {
-    tx: async_channel::Sender<Op>,
+    tx: SyncSender<Msg>,
+    capacity: usize,
     pub shared: Arc<Shared>,
 }
 
@@ -126,10 +142,14 @@ pub enum SubmitError {
 impl Committer {
     /// Queue an op without waiting.
     pub fn submit(&self, op: Op) -> Result<(), SubmitError> {
-        self.tx.try_send(op).map_err(|e| match e {
-            async_channel::TrySendError::Full(_) => SubmitError::Full,
-            async_channel::TrySendError::Closed(_) => SubmitError::Closed,
-        })
+        match self.tx.try_send(Msg::Op(op)) {
+            Ok(()) => {
+                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
     }
 
     /// Queue an op and wait for its outcome. A full queue is reported at once.
@@ -142,15 +162,14 @@ impl Committer {
 
     /// Free slots in the work queue.
     pub fn room(&self) -> usize {
-        self.tx
-            .capacity()
-            .unwrap_or(usize::MAX)
-            .saturating_sub(self.tx.len())
+        self.capacity
+            .saturating_sub(self.shared.queued.load(Ordering::Relaxed))
     }
 
-    /// Stop accepting work; the thread finishes what is queued and exits.
+    /// Ask the storage thread to commit everything queued so far and exit. Ops submitted
+    /// after this are not committed (their senders get `Failed`).
     pub fn close(&self) {
-        self.tx.close();
+        let _ = self.tx.send(Msg::Stop);
     }
 }
 
@@ -161,7 +180,8 @@ pub fn start(
     queue_depth: usize,
     clock: Clock,
 ) -> std::io::Result<(Committer, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = async_channel::bounded(queue_depth.max(1));
+    let capacity = queue_depth.max(1);
+    let (tx, rx) = mpsc::sync_channel(capacity);
     let shared = Arc::new(Shared::default());
     if let Ok(r) = store.read() {
         if let Ok(s) = r.spool_stats() {
@@ -177,7 +197,14 @@ pub fn start(
     let handle = std::thread::Builder::new()
         .name("vvgate-storage".into())
         .spawn(move || StorageThread::new(store, cfg, clock, thread_shared).run(rx))?;
-    Ok((Committer { tx, shared }, handle))
+    Ok((
+        Committer {
+            tx,
+            capacity,
+            shared,
+        },
+        handle,
+    ))
 }
 
 struct StorageThread {
@@ -209,18 +236,35 @@ impl StorageThread {
         }
     }
 
-    fn run(mut self, rx: async_channel::Receiver<Op>) {
+    /// Runs until told to stop (or every sender is gone), committing what was queued first.
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut group: Vec<Op> = Vec::with_capacity(self.cfg.max_requests);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.cfg.max_requests);
-        while let Ok(first) = rx.recv_blocking() {
-            group.push(first);
-            let started = Instant::now();
-            while group.len() < self.cfg.max_requests && started.elapsed() < self.cfg.max_delay {
-                match rx.try_recv() {
-                    Ok(op) => group.push(op),
-                    Err(_) => break,
+        let mut busy = false;
+        let mut stopping = false;
+        while !stopping {
+            match rx.recv() {
+                Ok(Msg::Op(op)) => group.push(op),
+                Ok(Msg::Stop) | Err(_) => break,
+            }
+            let deadline = Instant::now() + self.cfg.max_delay;
+            while group.len() < self.cfg.max_requests {
+                let next = match rx.try_recv() {
+                    Ok(m) => Ok(m),
+                    Err(_) if !busy => break,
+                    Err(_) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+                };
+                match next {
+                    Ok(Msg::Op(op)) => group.push(op),
+                    Ok(Msg::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 }
             }
+            self.shared.queued.fetch_sub(group.len(), Ordering::Relaxed);
+            busy = group.len() > 1;
             self.commit_group(&mut group, &mut outcomes);
         }
     }

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub connections: Cell<usize>,
     next_conn_id: Cell<u64>,
     pub draining: Cell<bool>,
+    /// Wakes idle connections when `draining` is set.
+    pub closing: event_listener::Event,
     /// Refused handshakes not yet written to the audit log, by reason.
     tls_rejects: RefCell<BTreeMap<&'static str, u64>>,
     default_body_limit: bool,
@@ -86,6 +88,7 @@ impl Gateway {
             connections: Cell::new(0),
             next_conn_id: Cell::new(1),
             draining: Cell::new(false),
+            closing: event_listener::Event::new(),
             tls_rejects: RefCell::default(),
         }
     }
@@ -446,6 +449,10 @@ impl Service for Producer {
         self.0.draining.get()
     }
 
+    fn closing_event(&self) -> &event_listener::Event {
+        &self.0.closing
+    }
+
     async fn framing_error(
         &self,
         _st: &mut ConnState,
@@ -515,6 +522,10 @@ impl Service for Ops {
 
     fn closing(&self, _conn: &ConnInfo) -> bool {
         self.0.draining.get()
+    }
+
+    fn closing_event(&self) -> &event_listener::Event {
+        &self.0.closing
     }
 
     async fn framing_error(

@@ -280,6 +280,7 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         tracing::info!("shutting down: draining connections");
         crate::control::sd_notify("STOPPING=1");
         gw.draining.set(true);
+        gw.closing.notify(usize::MAX);
         let deadline = Instant::now() + Duration::from_secs(10);
         while gw.connections.get() > 0 && Instant::now() < deadline {
             Timer::after(Duration::from_millis(20)).await;
@@ -295,9 +296,9 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         Ok(())
     }));
     crate::control::unbind(&cfg.control);
+    // Tasks still on the executor hold the gateway (and a committer); the storage thread is
+    // stopped explicitly, after it has committed everything queued before this point.
     committer.close();
-    drop(gw);
-    drop(ex);
     let _ = storage_thread.join();
     result
 }

@@ -300,3 +300,62 @@ fn garbage_instead_of_a_client_hello_is_dropped() {
         202
     );
 }
+
+#[test]
+fn sigterm_under_load_drains_and_exits_cleanly() {
+    let mut g = Gateway::start_with(Opts::default().with("rate_limit_per_minute = 1000000"));
+    let idle: Vec<Connection> = (0..20).map(|_| g.connect()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, p, stop) = (g.addr, g.pki.producer(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut ok = 0u32;
+                let Ok(mut c) = Connection::connect_tls(
+                    addr,
+                    "localhost",
+                    p.tls.clone(),
+                    Duration::from_secs(5),
+                ) else {
+                    return ok;
+                };
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match c.send(&request(&p, &valid())) {
+                        Ok(r) if r.status == 202 => ok += 1,
+                        _ => break,
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    assert_eq!(g.stop(), Some(0), "clean exit after SIGTERM");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle connections do not hold the drain"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted: u32 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    drop(idle);
+    assert!(accepted > 0);
+    // Everything answered 202 is on disk, and the stop is in the log.
+    let state = g.dir.join("state");
+    let (code, out, _) = vvctl(&["audit", "export", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let entries: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acc = entries
+        .iter()
+        .filter(|e| e["event_type"] == "telemetry.accepted")
+        .count();
+    assert!(
+        acc >= accepted as usize,
+        "{acc} accepted entries for {accepted} answers"
+    );
+    assert_eq!(entries.last().unwrap()["event_type"], "gateway.stopped");
+    g.restart();
+}

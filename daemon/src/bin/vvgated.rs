@@ -79,13 +79,27 @@ fn main() -> ExitCode {
 
 fn print_dev_help(dir: &std::path::Path) {
     let d = dir.display();
+    // `vvctl` is built beside `vvgated`; name it by path when it is not on PATH.
+    let vvctl = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|p| p.join("vvctl")))
+        .filter(|p| p.exists())
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            let rel = p
+                .strip_prefix(&cwd)
+                .map(|r| std::path::Path::new(".").join(r))
+                .unwrap_or(p);
+            Some(rel.display().to_string())
+        })
+        .unwrap_or_else(|| "vvctl".into());
     eprintln!(
         "vvgated: development gateway (file keys, redb, spool queue) from {d}/vvgate.toml
   producer listener  https://127.0.0.1:8443  (mutual TLS, certificates in {d}/pki)
   ops listener       http://127.0.0.1:9464/healthz  /readyz  /metrics
-send a signed event:       vvctl send --dev {d}
-the same with curl:        vvctl send --dev {d} --curl | sh
-see what was accepted:     vvctl spool tail --dev {d}
-check the audit log:       vvctl audit verify --dev {d}"
+send a signed event:       {vvctl} send --dev {d}
+the same with curl:        {vvctl} send --dev {d} --curl | sh
+see what was accepted:     {vvctl} spool tail --dev {d}
+check the audit log:       {vvctl} audit verify --dev {d}"
     );
 }

@@ -280,3 +280,20 @@ fn producer_key_rotation_windows() {
     assert_eq!(keys.valid_at(60).count(), 2);
     assert_eq!(keys.valid_at(101).collect::<Vec<_>>(), vec![&[2u8; 32]]);
 }
+
+#[test]
+fn every_key_and_variable_is_documented() {
+    let doc = include_str!("../../../docs/config.md");
+    for (key, _) in env::GATEWAY_KEYS {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "docs/config.md lacks {key}"
+        );
+    }
+    for (var, section, key, _) in env::ALIASES {
+        assert!(
+            doc.contains(&format!("| `{var}` | `{section}.{key}` |")),
+            "docs/config.md lacks {var}"
+        );
+    }
+}

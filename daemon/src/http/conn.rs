@@ -59,6 +59,10 @@ pub trait Service {
     /// Stop serving this connection before the next request (drain, kill switch).
     fn closing(&self, conn: &ConnInfo) -> bool;
 
+    /// Notified when [`Service::closing`] may have become true, so idle connections leave at
+    /// once instead of at their idle timeout.
+    fn closing_event(&self) -> &event_listener::Event;
+
     /// A framing failure: audit it and answer. The connection is closed afterwards.
     fn framing_error(
         &self,
@@ -151,13 +155,26 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         if svc.closing(conn) {
             break;
         }
-        // Wait for the next request.
+        // Wait for the next request, or for the gateway to start closing.
         if buf.is_empty() {
             timer.set_after(limits.idle_timeout);
-            if read_more(&mut io, &mut buf, chunk, &mut timer)
-                .await
-                .is_err()
-            {
+            let closing = svc.closing_event().listen();
+            if svc.closing(conn) {
+                break;
+            }
+            let got = futures_lite::future::or(
+                async {
+                    read_more(&mut io, &mut buf, chunk, &mut timer)
+                        .await
+                        .is_ok()
+                },
+                async {
+                    closing.await;
+                    false
+                },
+            )
+            .await;
+            if !got {
                 break;
             }
         }

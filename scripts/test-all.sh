@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything the tests need, then run every check and test of the workspace.
+# This is the README's second command, and exactly what CI runs (.ci/run).
+# Needs: a Debian machine with the Rust toolchain, root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+
+echo "== installing test dependencies (apt)"
+$SUDO apt-get update
+# nats-server (queue tests), softhsm2 + opensc (PKCS#11 tests), curl/openssl/python3
+# (independent TLS clients in the end-to-end tests).
+$SUDO apt-get install -y --no-install-recommends \
+  ca-certificates curl openssl python3 nats-server softhsm2 opensc
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
+echo "== tests: unit, then end to end against the real vvgated"
+cargo test --workspace --locked
+
+echo "== all tests passed"
