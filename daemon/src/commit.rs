@@ -116,6 +116,7 @@ pub struct CommitConfig {
 }
 
 /// What travels to the storage thread.
+#[allow(clippy::large_enum_variant)] // nearly every message is an Op; Stop is sent once
 enum Msg {
     Op(Op),
     /// Commit what is queued, then exit.
