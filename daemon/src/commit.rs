@@ -8,8 +8,8 @@
 //! its [`Outcome`].
 //!
 //! Waiting to fill a group is adaptive: when the previous group held more than one decision
-//! (the gateway is busy), the thread waits up to `group_commit_max_delay_us` for company
-//! before committing; when it held one, the next lone decision is committed at once. So under
+//! (the gateway is busy), the thread lets `group_commit_max_delay_us` pass before taking what
+//! is queued; when it held one, the next lone decision is committed at once. So under
 //! load groups grow and the fixed cost of a commit is shared, and a quiet gateway still answers
 //! after a single fsync.
 //!
@@ -17,7 +17,7 @@
 //! here, between groups.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -238,6 +238,11 @@ impl StorageThread {
     }
 
     /// Runs until told to stop (or every sender is gone), committing what was queued first.
+    ///
+    /// One wake-up per group: the thread blocks for the first decision, then (when busy)
+    /// sleeps out the collection window and takes what arrived meanwhile. Waking for each
+    /// arriving decision instead would preempt the event loop once per request when both
+    /// threads share a core.
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut group: Vec<Op> = Vec::with_capacity(self.cfg.max_requests);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.cfg.max_requests);
@@ -248,20 +253,17 @@ impl StorageThread {
                 Ok(Msg::Op(op)) => group.push(op),
                 Ok(Msg::Stop) | Err(_) => break,
             }
-            let deadline = Instant::now() + self.cfg.max_delay;
+            if busy && !self.cfg.max_delay.is_zero() {
+                std::thread::sleep(self.cfg.max_delay);
+            }
             while group.len() < self.cfg.max_requests {
-                let next = match rx.try_recv() {
-                    Ok(m) => Ok(m),
-                    Err(_) if !busy => break,
-                    Err(_) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-                };
-                match next {
+                match rx.try_recv() {
                     Ok(Msg::Op(op)) => group.push(op),
                     Ok(Msg::Stop) => {
                         stopping = true;
                         break;
                     }
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    Err(_) => break,
                 }
             }
             self.shared.queued.fetch_sub(group.len(), Ordering::Relaxed);

@@ -100,18 +100,64 @@ enum ReadErr {
     Closed,
 }
 
-/// Read more bytes into `buf` (growing it by up to `chunk`), racing `timer`.
+/// The connection's read buffer. Its storage stays initialised between reads, so a read
+/// never zero-fills memory it already owns; only growth does.
+struct ReadBuf {
+    data: Vec<u8>,
+    end: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        Self {
+            data: vec![0; 4096],
+            end: 0,
+        }
+    }
+
+    /// The bytes received and not yet consumed.
+    fn filled(&self) -> &[u8] {
+        &self.data[..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end
+    }
+
+    fn is_empty(&self) -> bool {
+        self.end == 0
+    }
+
+    /// Room for `want` more bytes.
+    fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.data.len() < self.end + want {
+            self.data.resize(self.end + want, 0);
+        }
+        &mut self.data[self.end..self.end + want]
+    }
+
+    /// Drop the first `n` bytes (a served request), keeping what follows (pipelining).
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.end);
+        self.data.copy_within(n..self.end, 0);
+        self.end -= n;
+        if self.data.len() > 64 * 1024 && self.end < 4096 {
+            self.data.truncate(8192);
+            self.data.shrink_to(8192);
+        }
+    }
+}
+
+/// Read more bytes into `buf` (up to `chunk`), racing `timer`.
 async fn read_more<T: AsyncRead + Unpin>(
     io: &mut T,
-    buf: &mut Vec<u8>,
+    buf: &mut ReadBuf,
     chunk: usize,
     timer: &mut Timer,
 ) -> Result<usize, ReadErr> {
-    let len = buf.len();
-    buf.resize(len + chunk.max(1), 0);
     let r = futures_lite::future::or(
         async {
-            match io.read(&mut buf[len..]).await {
+            match io.read(buf.spare(chunk.max(1))).await {
                 Ok(0) | Err(_) => Err(ReadErr::Closed),
                 Ok(n) => Ok(n),
             }
@@ -122,7 +168,7 @@ async fn read_more<T: AsyncRead + Unpin>(
         },
     )
     .await;
-    buf.truncate(len + *r.as_ref().unwrap_or(&0));
+    buf.end += *r.as_ref().unwrap_or(&0);
     r
 }
 
@@ -145,7 +191,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
     limits: &ConnLimits,
 ) {
     let mut st = svc.new_state();
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut buf = ReadBuf::new();
     let mut body: Vec<u8> = Vec::with_capacity(256);
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut timer = Timer::never();
@@ -182,7 +228,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         timer.set_after(limits.header_read_timeout);
         let mut scanned = 0;
         let head_end = loop {
-            if let Some(end) = find_head_end(&buf, scanned) {
+            if let Some(end) = find_head_end(buf.filled(), scanned) {
                 break end;
             }
             if buf.len() > limits.max_header_bytes {
@@ -204,7 +250,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
                 .clamp(1, chunk);
             match read_more(&mut io, &mut buf, room, &mut timer).await {
                 Ok(_) => {}
-                Err(ReadErr::Timeout) if has_request_line(&buf) => {
+                Err(ReadErr::Timeout) if has_request_line(buf.filled()) => {
                     break 'requests fail(
                         svc,
                         &mut st,
@@ -233,7 +279,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             )
             .await;
         }
-        let head = match parse_head(&buf[..head_end]) {
+        let head = match parse_head(&buf.filled()[..head_end]) {
             Ok(h) => h,
             Err(HeadError::Malformed) => {
                 break fail(
@@ -279,7 +325,10 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         let body_len = usize::try_from(announced).unwrap_or(usize::MAX);
 
         body.clear();
-        if let Some(mut resp) = svc.before_body(&mut st, conn, &head, &buf, &mut body).await {
+        if let Some(mut resp) = svc
+            .before_body(&mut st, conn, &head, buf.filled(), &mut body)
+            .await
+        {
             // Answered from the head alone. Keep the connection only if the body (if any) can
             // be skipped safely: not too large, and not held back by `Expect: 100-continue`.
             let skip = body_len == 0
@@ -300,7 +349,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             if !respond(&mut io, &resp, &body, &mut out, limits).await || resp.close {
                 break;
             }
-            buf.drain(..(head_end + body_len).min(buf.len()));
+            buf.consume(head_end + body_len);
             continue;
         }
 
@@ -316,7 +365,6 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
         let total = head_end + body_len;
-        buf.reserve(total.saturating_sub(buf.len()));
         timer.set_after(limits.body_read_timeout);
         while buf.len() < total {
             let want = (total - buf.len()).min(256 * 1024);
@@ -344,16 +392,13 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         };
         body.clear();
         let mut resp = svc
-            .handle(&mut st, conn, &head, &buf, span, &mut body)
+            .handle(&mut st, conn, &head, buf.filled(), span, &mut body)
             .await;
         resp.close |= head.close;
         if !respond(&mut io, &resp, &body, &mut out, limits).await || resp.close {
             break;
         }
-        buf.drain(..total);
-        if buf.capacity() > 64 * 1024 && buf.len() < 4096 {
-            buf.shrink_to(8192);
-        }
+        buf.consume(total);
     }
     let _ = futures_lite::future::or(
         async {
