@@ -123,6 +123,38 @@ fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
     Some((ticks as f64 / hz as f64, kib("VmRSS:"), kib("VmHWM:")))
 }
 
+/// The fixed reference of this run: CPU µs of one ring Ed25519 verification of a sample
+/// request (what the gateway must do once per request), measured for half a second here.
+fn reference_verify_us(t: &ProducerTarget, tpl: &Template) -> f64 {
+    use ring::signature::{KeyPair, UnparsedPublicKey, ED25519};
+    let body = tpl.fill("1999999998", NONCE_MARK);
+    let mut msg = b"1999999998.".to_vec();
+    msg.extend_from_slice(NONCE_MARK.as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(&body);
+    let sig = t.producer.key.sign(&msg);
+    let pk = UnparsedPublicKey::new(&ED25519, t.producer.key.public_key().as_ref());
+    let start = thread_cpu();
+    let mut n = 0u32;
+    while thread_cpu() - start < 0.5 {
+        for _ in 0..100 {
+            let _ = std::hint::black_box(pk.verify(std::hint::black_box(&msg), sig.as_ref()));
+        }
+        n += 100;
+    }
+    (thread_cpu() - start) * 1e6 / f64::from(n)
+}
+
+/// This thread's CPU time in seconds.
+fn thread_cpu() -> f64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
+    ts.map_or(0.0, |t| {
+        #[allow(clippy::cast_precision_loss)]
+        let v = t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9;
+        v
+    })
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -162,6 +194,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         n.max(conns)
     };
     let tpl = Template::new()?;
+    let reference = reference_verify_us(&t, &tpl);
     let build = Instant::now();
     let mut reqs = presign(&t, &tpl, total);
     eprintln!(
@@ -302,7 +335,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let load_after = loadavg();
     if args.json {
         println!(
-            "{{\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\"}}",
+            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\"}}",
             args.idle,
             pct(0.5),
             pct(0.99),
@@ -329,6 +362,12 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 args.idle
             ),
             None => println!("gateway     pid unknown (pass --pid or --dev/--config with a reachable control socket)"),
+        }
+        if cpu_us > 0.0 && reference > 0.0 {
+            println!(
+                "reference   ring Ed25519 verify of this request: {reference:.1} µs here, now; the gateway used {:.2} of those per request",
+                cpu_us / reference
+            );
         }
         println!("load        {load_before} -> {load_after}");
     }
