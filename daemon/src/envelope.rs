@@ -6,7 +6,7 @@ use base64::Engine;
 
 use crate::ids::{self, HexHash};
 use crate::json::Cjson;
-use crate::schema::Violation;
+use crate::schema::{TelemetryRequest, Violation};
 
 /// Write an envelope around `payload` and `trace` (both CJSON). Returns the integrity hash.
 pub fn write(
@@ -34,6 +34,51 @@ pub fn write(
         .raw(trace)
         .end_obj();
     hash
+}
+
+/// The ingest envelope's `payload` (§5.3): the validated top level with `payload` replaced by
+/// the normalised canonical payload (`normalised`, CJSON).
+pub fn write_ingest_payload(out: &mut Vec<u8>, req: &TelemetryRequest<'_>, normalised: &[u8]) {
+    let sm = &req.signed_metadata;
+    Cjson::new(out)
+        .begin_obj()
+        .key("campaign_id")
+        .str(&req.campaign_id)
+        .key("execution_hash")
+        .str(&req.execution_hash)
+        .key("nonce")
+        .str(&req.nonce)
+        .key("operator_id")
+        .str(&req.operator_id)
+        .key("payload")
+        .raw(normalised)
+        .key("signed_metadata")
+        .begin_obj()
+        .key("campaign_id")
+        .str(&sm.campaign_id)
+        .key("operator_id")
+        .str(&sm.operator_id)
+        .key("tenant_id")
+        .str(&sm.tenant_id)
+        .end_obj()
+        .key("tenant_id")
+        .str(&req.tenant_id)
+        .key("timestamp")
+        .raw(req.timestamp.as_bytes())
+        .end_obj();
+}
+
+/// The ingest envelope's `trace`: `{campaign_id, operator_id, tenant_id}`.
+pub fn write_ingest_trace(out: &mut Vec<u8>, req: &TelemetryRequest<'_>) {
+    Cjson::new(out)
+        .begin_obj()
+        .key("campaign_id")
+        .str(&req.campaign_id)
+        .key("operator_id")
+        .str(&req.operator_id)
+        .key("tenant_id")
+        .str(&req.tenant_id)
+        .end_obj();
 }
 
 /// The dead-letter payload `{error_code, error_message, raw_body}`: the body as text when it is

@@ -121,19 +121,7 @@ pub fn iso(t: Micros) -> heapless::String<32> {
 
 /// Zero-padded decimal of at least `width` digits.
 pub fn push_num(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    let mut v = v;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let start = i.min(buf.len() - width.min(buf.len()));
-    out.extend_from_slice(&buf[start..]);
+    crate::json::write_u64_padded(out, v, width);
 }
 
 #[cfg(test)]

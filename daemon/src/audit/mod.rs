@@ -56,13 +56,17 @@ pub fn encode_entry(
     line: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> [u8; 32] {
+    // The hashed object is the line without `entry_hash`; in key order `entry_hash` comes
+    // right after `details`, so the line is the hashed object with it spliced in there.
     scratch.clear();
-    Cjson::new(scratch)
-        .begin_obj()
+    let mut w = Cjson::new(scratch);
+    w.begin_obj()
         .key("actor")
         .str(actor)
         .key("details")
-        .raw(details)
+        .raw(details);
+    let split = scratch.len();
+    Cjson::continue_obj(scratch)
         .key("event_type")
         .str(event_type)
         .key("index")
@@ -74,23 +78,11 @@ pub fn encode_entry(
         .end_obj();
     let hash = ids::sha256(scratch);
     line.clear();
-    Cjson::new(line)
-        .begin_obj()
-        .key("actor")
-        .str(actor)
-        .key("details")
-        .raw(details)
-        .key("entry_hash")
-        .str(&ids::hex32(&hash))
-        .key("event_type")
-        .str(event_type)
-        .key("index")
-        .u64(index)
-        .key("previous_hash")
-        .str(previous_hash)
-        .key("timestamp")
-        .str(timestamp)
-        .end_obj();
+    line.extend_from_slice(&scratch[..split]);
+    line.extend_from_slice(b",\"entry_hash\":\"");
+    line.extend_from_slice(ids::hex32(&hash).as_bytes());
+    line.push(b'"');
+    line.extend_from_slice(&scratch[split..]);
     hash
 }
 

@@ -196,6 +196,15 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
     let mut out: Vec<u8> = Vec::with_capacity(512);
     let mut timer = Timer::never();
     let chunk = 16 * 1024;
+    // Answer a framing failure (audited by the service) and close.
+    macro_rules! fail {
+        ($err:expr) => {
+            fail(
+                svc, &mut st, conn, $err, &mut io, &mut body, &mut out, limits,
+            )
+            .await
+        };
+    }
 
     'requests: loop {
         if svc.closing(conn) {
@@ -232,17 +241,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
                 break end;
             }
             if buf.len() > limits.max_header_bytes {
-                break 'requests fail(
-                    svc,
-                    &mut st,
-                    conn,
-                    FramingError::HeaderTooLarge,
-                    &mut io,
-                    &mut body,
-                    &mut out,
-                    limits,
-                )
-                .await;
+                break 'requests fail!(FramingError::HeaderTooLarge);
             }
             scanned = buf.len();
             let room = (limits.max_header_bytes + 4)
@@ -251,75 +250,21 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             match read_more(&mut io, &mut buf, room, &mut timer).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) if has_request_line(buf.filled()) => {
-                    break 'requests fail(
-                        svc,
-                        &mut st,
-                        conn,
-                        FramingError::Timeout,
-                        &mut io,
-                        &mut body,
-                        &mut out,
-                        limits,
-                    )
-                    .await;
+                    break 'requests fail!(FramingError::Timeout);
                 }
                 Err(_) => break 'requests,
             }
         };
         if head_end > limits.max_header_bytes {
-            break fail(
-                svc,
-                &mut st,
-                conn,
-                FramingError::HeaderTooLarge,
-                &mut io,
-                &mut body,
-                &mut out,
-                limits,
-            )
-            .await;
+            break fail!(FramingError::HeaderTooLarge);
         }
         let head = match parse_head(&buf.filled()[..head_end]) {
             Ok(h) => h,
-            Err(HeadError::Malformed) => {
-                break fail(
-                    svc,
-                    &mut st,
-                    conn,
-                    FramingError::Malformed,
-                    &mut io,
-                    &mut body,
-                    &mut out,
-                    limits,
-                )
-                .await
-            }
-            Err(HeadError::TooLarge) => {
-                break fail(
-                    svc,
-                    &mut st,
-                    conn,
-                    FramingError::HeaderTooLarge,
-                    &mut io,
-                    &mut body,
-                    &mut out,
-                    limits,
-                )
-                .await
-            }
+            Err(HeadError::Malformed) => break fail!(FramingError::Malformed),
+            Err(HeadError::TooLarge) => break fail!(FramingError::HeaderTooLarge),
         };
         if head.transfer_encoding {
-            break fail(
-                svc,
-                &mut st,
-                conn,
-                FramingError::LengthRequired,
-                &mut io,
-                &mut body,
-                &mut out,
-                limits,
-            )
-            .await;
+            break fail!(FramingError::LengthRequired);
         }
         let announced = head.content_length.unwrap_or(0);
         let body_len = usize::try_from(announced).unwrap_or(usize::MAX);
@@ -371,17 +316,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             match read_more(&mut io, &mut buf, want, &mut timer).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) => {
-                    break 'requests fail(
-                        svc,
-                        &mut st,
-                        conn,
-                        FramingError::Timeout,
-                        &mut io,
-                        &mut body,
-                        &mut out,
-                        limits,
-                    )
-                    .await;
+                    break 'requests fail!(FramingError::Timeout);
                 }
                 Err(ReadErr::Closed) => break 'requests,
             }

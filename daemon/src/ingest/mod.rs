@@ -408,44 +408,9 @@ fn evaluate_body(
 
         // The ingest envelope (§5.3).
         st.payload.clear();
-        {
-            let mut w = Cjson::new(&mut st.payload);
-            w.begin_obj()
-                .key("campaign_id")
-                .str(&req.campaign_id)
-                .key("execution_hash")
-                .str(&req.execution_hash)
-                .key("nonce")
-                .str(&req.nonce)
-                .key("operator_id")
-                .str(&req.operator_id)
-                .key("payload")
-                .raw(&st.normalised)
-                .key("signed_metadata")
-                .begin_obj()
-                .key("campaign_id")
-                .str(&sm.campaign_id)
-                .key("operator_id")
-                .str(&sm.operator_id)
-                .key("tenant_id")
-                .str(&sm.tenant_id)
-                .end_obj()
-                .key("tenant_id")
-                .str(&req.tenant_id)
-                .key("timestamp")
-                .raw(req.timestamp.as_bytes())
-                .end_obj();
-        }
+        envelope::write_ingest_payload(&mut st.payload, &req, &st.normalised);
         st.trace.clear();
-        Cjson::new(&mut st.trace)
-            .begin_obj()
-            .key("campaign_id")
-            .str(&req.campaign_id)
-            .key("operator_id")
-            .str(&req.operator_id)
-            .key("tenant_id")
-            .str(&req.tenant_id)
-            .end_obj();
+        envelope::write_ingest_trace(&mut st.trace, &req);
         let message_id = ids::uuid_text(&gw.new_request_id());
         let created_at = time::iso(now);
         let mut env = Vec::with_capacity(st.payload.len() + st.trace.len() + 192);

@@ -17,7 +17,7 @@ mod write;
 pub use parse::{Doc, JsonError, Kind, Node, StrChars, Tape};
 pub use write::{
     canonicalize, canonicalize_doc, float_repr, write_escaped, write_i64, write_str, write_u64,
-    Cjson,
+    write_u64_padded, Cjson,
 };
 pub(crate) use write::{write_chars, write_str_node};
 

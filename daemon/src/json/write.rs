@@ -86,18 +86,24 @@ pub(crate) fn write_chars(out: &mut Vec<u8>, chars: impl Iterator<Item = char>) 
 }
 
 pub fn write_u64(out: &mut Vec<u8>, v: u64) {
-    let mut buf = [0u8; 20];
+    write_u64_padded(out, v, 1);
+}
+
+/// Decimal `v`, zero-padded to at least `width` digits (at most 20).
+pub fn write_u64_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
     let mut i = buf.len();
     let mut v = v;
     loop {
         i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
+        buf[i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    let start = i.min(buf.len() - width.min(buf.len()));
+    out.extend_from_slice(&buf[start..]);
 }
 
 pub fn write_i64(out: &mut Vec<u8>, v: i64) {
@@ -238,6 +244,18 @@ impl<'o> Cjson<'o> {
         Self {
             out,
             started: heapless::Vec::new(),
+            after_key: false,
+        }
+    }
+
+    /// Continue an object whose opening and first members are already in `out`: the next
+    /// member gets its separator.
+    pub fn continue_obj(out: &'o mut Vec<u8>) -> Self {
+        let mut started = heapless::Vec::new();
+        let _ = started.push(true);
+        Self {
+            out,
+            started,
             after_key: false,
         }
     }

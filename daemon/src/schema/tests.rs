@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::ids::{hex32, sha256};
-use crate::json::{Cjson, Tape};
+use crate::json::Tape;
 
 /// The §13.1 producer request body, byte for byte.
 pub(super) const PRODUCER_BODY: &str = r##"{"campaign_id":"cmp-001","execution_hash":"0c40dbd5295bc42311cb7f980880d9407e386bca6f83639de3a38144a037e6cd","nonce":"3f1c2a9e-0000-4000-8000-000000000001","operator_id":"op-001","payload":{"attributes":{"asset_ref":"urn:target:ip:10.0.0.5","attestation_measurement_hash":"5c83f7d75de535ed4e51f088c71824dc6b2c2d3080e5de24b67eb5daa259fe10","campaign_id":"cmp-001","execution_fingerprint":"0c40dbd5295bc42311cb7f980880d9407e386bca6f83639de3a38144a037e6cd","host_count":1,"intent_hash":"94ab0d7b10ab2e919407dde5de9b6fe993e3581c33dba7ec7509d4b43baf3472","intent_id":"intent-00000001","iso27001_annex_a_controls":"A.8.15,A.8.16,A.8.24","manifest_hash":"mh-2de51c3d632eb1a7ceb9513fb10b7252219e64ae0d0ae05177c7d68fa06f354c","ml_record":"{\"actor\":\"op-001\",\"attribute_keys\":[\"campaign_id\",\"host_count\",\"scan_summary\",\"severity\",\"tenant_id\"],\"event_id\":\"3f1c2a9e-0000-4000-8000-000000000001\",\"event_namespace\":\"nmap\",\"event_type\":\"nmap_scan_completed\",\"schema_version\":\"telemetry.ml.v1\",\"status\":\"success\",\"status_code\":1,\"stream_position\":1,\"target\":\"urn:target:ip:10.0.0.5\",\"tenant_id\":\"10000000-0000-0000-0000-000000000001\",\"timestamp\":\"2026-02-26T12:00:00.123456+00:00\"}","nist_800_53_controls":"AU-2,AU-8,SI-4","nonce":"3f1c2a9e-0000-4000-8000-000000000001","policy_decision_hash":"ph-9e22c9800690305e10f757c0b7c6a8f2ee5f0e25c073888c2011ccd721f48501","scan_summary":"{\"open_ports\":[22,443]}","schema_version":"1.0","severity":"HIGH","soc2_controls":"CC7.2,CC7.3,A1.2","tenant_id":"10000000-0000-0000-0000-000000000001","tool_sha256":"sha256:69df8b6c2914c53632a300e8d9c8af3be3a47bd7dc80027f97c53f6305eecf00","write_ahead":true},"description":"SpectraStrike telemetry event nmap_scan_completed status=success","event_id":"3f1c2a9e-0000-4000-8000-000000000001","event_type":"NMAP_SCAN_COMPLETED","mitre_tactics":["TA0043"],"mitre_techniques":["T1595"],"observed_at":"2026-02-26T12:00:00.123456+00:00","severity":"high","source_system":"spectrastrike"},"signed_metadata":{"campaign_id":"cmp-001","operator_id":"op-001","tenant_id":"10000000-0000-0000-0000-000000000001"},"tenant_id":"10000000-0000-0000-0000-000000000001","timestamp":1772107200}"##;
@@ -84,41 +84,17 @@ fn envelope_payload(body: &str) -> Vec<u8> {
     let policy = PayloadPolicy {
         catalogue: Some(catalogue()),
     };
-    let mut out = Vec::new();
-    let mut w = Cjson::new(&mut out);
-    w.begin_obj()
-        .key("campaign_id")
-        .str(&req.campaign_id)
-        .key("execution_hash")
-        .str(&req.execution_hash)
-        .key("nonce")
-        .str(&req.nonce)
-        .key("operator_id")
-        .str(&req.operator_id)
-        .key("payload");
+    let mut normalised = Vec::new();
     normalise_payload(
         &doc,
         req.payload,
         policy,
         &mut Scratch::default(),
-        w.value(),
+        &mut normalised,
     )
     .expect("steps 20-22 pass");
-    let m = &req.signed_metadata;
-    w.key("signed_metadata")
-        .begin_obj()
-        .key("campaign_id")
-        .str(&m.campaign_id)
-        .key("operator_id")
-        .str(&m.operator_id)
-        .key("tenant_id")
-        .str(&m.tenant_id)
-        .end_obj()
-        .key("tenant_id")
-        .str(&req.tenant_id)
-        .key("timestamp")
-        .raw(req.timestamp.as_bytes())
-        .end_obj();
+    let mut out = Vec::new();
+    crate::envelope::write_ingest_payload(&mut out, &req, &normalised);
     out
 }
 
