@@ -115,17 +115,8 @@ enum Cmd {
         gw: Gw,
         #[command(flatten)]
         producer: Producer,
-        /// Events: a JSON object, an array, or JSON lines; `-` for stdin (default: a sample event).
-        file: Option<PathBuf>,
-        /// Send bodies unchanged (their own timestamp and nonce).
-        #[arg(long)]
-        keep: bool,
-        /// Print curl commands instead of sending.
-        #[arg(long)]
-        curl: bool,
-        /// Send everything this many times, with fresh nonces.
-        #[arg(long, default_value_t = 1)]
-        repeat: usize,
+        #[command(flatten)]
+        args: cli::send::SendArgs,
     },
     /// The outbox.
     Spool {
@@ -148,27 +139,8 @@ enum Cmd {
         gw: Gw,
         #[command(flatten)]
         producer: Producer,
-        /// Keep-alive connections.
-        #[arg(short = 'c', long, default_value_t = 32)]
-        connections: usize,
-        /// Measured seconds.
-        #[arg(short = 'd', long, default_value_t = 10.0)]
-        duration: f64,
-        /// Warm-up seconds (not measured).
-        #[arg(long, default_value_t = 2.0)]
-        warmup: f64,
-        /// Pre-signed requests in total (default: 15,000 per second of run).
-        #[arg(long, default_value_t = 0)]
-        requests: usize,
-        /// Extra idle TLS connections held open (RSS with many connections).
-        #[arg(long, default_value_t = 0)]
-        idle: usize,
-        /// The gateway's PID (default: asked on its control socket).
-        #[arg(long)]
-        pid: Option<u32>,
-        /// One JSON line instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: cli::bench::BenchArgs,
     },
 }
 
@@ -219,23 +191,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Cmd::Send {
-            gw,
-            producer,
-            file,
-            keep,
-            curl,
-            repeat,
-        } => cli::send::run(
-            &gw.where_(),
-            &producer.args(),
-            &cli::send::SendArgs {
-                file,
-                keep,
-                curl,
-                repeat,
-            },
-        ),
+        Cmd::Send { gw, producer, args } => cli::send::run(&gw.where_(), &producer.args(), &args),
         Cmd::Spool {
             cmd: SpoolCmd::Tail { state, limit },
         } => cli::spool::tail(&state.source()?, limit),
@@ -271,29 +227,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 "the gateway is not running (no control socket)".into(),
             )),
         },
-        Cmd::Bench {
-            gw,
-            producer,
-            connections,
-            duration,
-            warmup,
-            requests,
-            idle,
-            pid,
-            json,
-        } => cli::bench::run(
-            &gw.where_(),
-            &producer.args(),
-            &cli::bench::BenchArgs {
-                connections,
-                duration,
-                warmup,
-                requests,
-                idle,
-                pid,
-                json,
-            },
-        ),
+        Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),
     }
 }
 

@@ -15,17 +15,29 @@ use std::time::{Duration, Instant};
 use super::{resolve_producer, CliError, ProducerArgs, ProducerTarget, Where};
 use crate::client::{self, Connection, SAMPLE_EVENT};
 
-#[derive(Clone, Debug)]
+/// How to load the gateway.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
+    /// Keep-alive connections.
+    #[arg(short = 'c', long, default_value_t = 32)]
     pub connections: usize,
+    /// Measured seconds.
+    #[arg(short = 'd', long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Pre-signed requests in total (0: enough for 15,000 req/s over the whole run).
+    /// Pre-signed requests in total (default: 15,000 per second of run).
+    #[arg(long, default_value_t = 0)]
     pub requests: usize,
-    /// Extra idle TLS connections held open during the run.
+    /// Extra idle TLS connections held open during the run (RSS with many connections).
+    #[arg(long, default_value_t = 0)]
     pub idle: usize,
     /// The gateway's PID (default: asked on its control socket).
+    #[arg(long)]
     pub pid: Option<u32>,
+    /// One JSON line instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 

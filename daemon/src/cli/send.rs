@@ -7,16 +7,20 @@ use std::time::Duration;
 use super::{io_err, resolve_producer, CliError, ProducerArgs, Where};
 use crate::client::{self, Connection, SAMPLE_EVENT};
 
-#[derive(Clone, Debug, Default)]
+/// What to send.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct SendArgs {
-    /// A JSON object, a JSON array of objects, or JSON lines; `-` for stdin. Default: the
-    /// sample event.
+    /// Events: a JSON object, an array of objects, or JSON lines; `-` for stdin (default: a
+    /// sample event).
     pub file: Option<PathBuf>,
-    /// Send the bodies as they are (their own `timestamp` and `nonce`) instead of fresh ones.
+    /// Send the bodies as they are (their own timestamp and nonce) instead of fresh ones.
+    #[arg(long)]
     pub keep: bool,
-    /// Print a `curl` command per event instead of sending.
+    /// Print a curl command per event instead of sending.
+    #[arg(long)]
     pub curl: bool,
-    /// Send the event(s) this many times (fresh nonces each time).
+    /// Send everything this many times, with fresh nonces.
+    #[arg(long, default_value_t = 1)]
     pub repeat: usize,
 }
 
