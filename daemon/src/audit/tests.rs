@@ -88,9 +88,11 @@ fn details_are_written_sorted() {
 
 /// A chain of `n` entries with seals, built through the same code the storage thread uses.
 fn stored_chain(n: usize, seal_every: u64) -> Vec<Vec<u8>> {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "vvgate-audit-test-{}-{n}-{seal_every}",
-        std::process::id()
+        "vvgate-audit-test-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
