@@ -802,3 +802,57 @@ fn spool_full_is_503_with_retry_after_rows_47_48() {
     assert_eq!(ready.status, 503);
     assert_eq!(json(&ready)["reasons"], serde_json::json!(["spool_full"]));
 }
+
+#[test]
+fn a_full_storage_queue_is_503_overloaded_never_a_loss_row_49() {
+    let g = Gateway::start_with(
+        Opts::default()
+            .with("max_in_flight = 1")
+            .with("rate_limit_per_minute = 1000000"),
+    );
+    let p = g.pki.producer();
+    let reqs: Vec<(Signed, Vec<u8>)> = (0..60)
+        .map(|_| {
+            let s = valid();
+            let r = request(&p, &s);
+            (s, r)
+        })
+        .collect();
+    let mut conns: Vec<_> = (0..20).map(|_| g.connect()).collect();
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for batch in reqs.chunks(20) {
+        for (c, (_, r)) in conns.iter_mut().zip(batch) {
+            c.write_raw(r).unwrap();
+        }
+        for (c, (s, _)) in conns.iter_mut().zip(batch) {
+            let r = c.read_response().unwrap();
+            match r.status {
+                202 => accepted.push(s.nonce.clone()),
+                503 => {
+                    assert_eq!(json(&r)["detail"], "Telemetry gateway overloaded");
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    overloaded += 1;
+                }
+                other => panic!("unexpected {other}: {}", r.body_text()),
+            }
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "a one-slot queue must push back under a burst"
+    );
+    let spool: Vec<String> = g
+        .spool()
+        .iter()
+        .map(|e| e["body"]["payload"]["nonce"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        spool.len(),
+        accepted.len(),
+        "every 202 stored, nothing else"
+    );
+    for n in &accepted {
+        assert!(spool.contains(n));
+    }
+}
