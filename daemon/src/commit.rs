@@ -23,16 +23,17 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use vvgate_storage::{
-    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolRecord, StorageError, Store,
+    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolItem, SpoolSegment, StorageError,
+    Store,
 };
 
 use crate::audit::{write_details, Chain, Detail, ACTOR_SYSTEM};
 use crate::ids;
 use crate::time::Clock;
 
-/// An envelope to spool.
+/// An envelope to spool (owned; the storage record borrows from it).
 #[derive(Debug)]
-pub struct SpoolItem {
+pub struct Envelope {
     pub kind: EnvelopeKind,
     pub msg_id: String,
     pub integrity_hash: ids::HexHash,
@@ -49,10 +50,10 @@ pub enum Action {
         space: NonceSpace,
         key: [u8; 24],
         record: NonceRecord,
-        spool: Option<SpoolItem>,
+        spool: Option<Envelope>,
     },
     /// A rejection that spools a dead-letter envelope.
-    DeadLetter(SpoolItem),
+    DeadLetter(Envelope),
 }
 
 /// The audit entry of a decision.
@@ -216,6 +217,8 @@ struct StorageThread {
     chain: Chain,
     details: Vec<u8>,
     last_sweep: Instant,
+    /// Envelopes of the group being committed; written as one segment.
+    segment: Vec<Envelope>,
     /// Requests answered 503 because a commit failed, not yet recorded in the log.
     unrecorded_failures: u64,
     last_error: String,
@@ -232,6 +235,7 @@ impl StorageThread {
             chain,
             details: Vec::with_capacity(256),
             last_sweep: Instant::now(),
+            segment: Vec::new(),
             unrecorded_failures: 0,
             last_error: String::new(),
         }
@@ -282,10 +286,12 @@ impl StorageThread {
                 if self.unrecorded_failures > 0 {
                     self.record_failures(b, now)?;
                 }
+                self.segment.clear();
                 for op in group.iter_mut() {
                     let outcome = self.apply(b, now, op)?;
                     outcomes.push(outcome);
                 }
+                self.flush_segment(b, now)?;
                 if sweep {
                     let cutoff = now.secs().saturating_sub(self.cfg.nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
@@ -367,7 +373,7 @@ impl StorageThread {
         now: crate::time::Micros,
         op: &mut Op,
     ) -> Result<Outcome, StorageError> {
-        let outcome = match &op.action {
+        let outcome = match std::mem::replace(&mut op.action, Action::AuditOnly) {
             Action::AuditOnly => None,
             Action::Accept {
                 space,
@@ -375,7 +381,7 @@ impl StorageThread {
                 record,
                 spool,
             } => {
-                if let Some(found) = b.nonce_get(*space, key)? {
+                if let Some(found) = b.nonce_get(space, &key)? {
                     Some((
                         Outcome::Replay(found),
                         409,
@@ -390,16 +396,14 @@ impl StorageThread {
                         "spool_full",
                     ))
                 } else {
-                    b.nonce_insert(*space, key, record)?;
-                    if let Some(s) = spool {
-                        push_spool(b, now, s)?;
-                    }
+                    b.nonce_insert(space, &key, &record)?;
+                    self.segment.extend(spool);
                     None
                 }
             }
             Action::DeadLetter(s) => {
-                if self.spool_has_room(b, s) {
-                    push_spool(b, now, s)?;
+                if self.spool_has_room(b, &s) {
+                    self.segment.push(s);
                     None
                 } else {
                     Some((
@@ -446,26 +450,46 @@ impl StorageThread {
         }
     }
 
-    fn spool_has_room(&self, b: &Batch<'_>, s: &SpoolItem) -> bool {
+    /// Whether `s` fits in the spool with what this group already holds.
+    fn spool_has_room(&self, b: &Batch<'_>, s: &Envelope) -> bool {
         let stats = b.spool_stats();
-        stats.count < self.cfg.spool_max_events
-            && stats.bytes + u64::try_from(s.body.len()).unwrap_or(u64::MAX)
-                <= self.cfg.spool_max_bytes
+        let pending = u64::try_from(self.segment.len()).unwrap_or(u64::MAX);
+        let pending_bytes: u64 = self.segment.iter().map(|e| e.len()).sum();
+        stats.count + pending < self.cfg.spool_max_events
+            && stats.bytes + pending_bytes + s.len() <= self.cfg.spool_max_bytes
+    }
+
+    /// Write the group's envelopes as one spool segment.
+    fn flush_segment(
+        &mut self,
+        b: &mut Batch<'_>,
+        now: crate::time::Micros,
+    ) -> Result<(), StorageError> {
+        if self.segment.is_empty() {
+            return Ok(());
+        }
+        let items = self
+            .segment
+            .iter()
+            .map(|e| SpoolItem {
+                kind: e.kind,
+                msg_id: &e.msg_id,
+                integrity_hash: &e.integrity_hash,
+                body: &e.body,
+            })
+            .collect();
+        b.spool_push(&SpoolSegment::V1 {
+            spooled_at: now.0,
+            items,
+        })?;
+        Ok(())
     }
 }
 
-fn push_spool(
-    b: &mut Batch<'_>,
-    now: crate::time::Micros,
-    s: &SpoolItem,
-) -> Result<u64, StorageError> {
-    b.spool_push(&SpoolRecord::V1 {
-        kind: s.kind,
-        msg_id: &s.msg_id,
-        integrity_hash: &s.integrity_hash,
-        spooled_at: now.0,
-        body: &s.body,
-    })
+impl Envelope {
+    fn len(&self) -> u64 {
+        u64::try_from(self.body.len()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The rejection event type of a route (CONTRACT.md §6.4).

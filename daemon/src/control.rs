@@ -177,58 +177,74 @@ fn status(gw: &Gateway, buf: &mut Vec<u8>) {
         .end_obj();
 }
 
-/// One spool entry as a JSON line: its metadata and the envelope itself.
-pub fn spool_line(seq: u64, raw: &[u8], out: &mut Vec<u8>) {
+/// The envelopes of one spool segment as JSON lines: metadata and the envelope itself.
+pub fn spool_lines(seq: u64, raw: &[u8], out: &mut Vec<u8>) {
     match vvgate_storage::decode_spool(raw) {
-        Ok(rec) => {
-            let mut w = Cjson::new(out);
-            w.begin_obj()
-                .key("body")
-                .raw(rec.body())
-                .key("integrity_hash")
-                .str(rec.integrity_hash())
-                .key("kind")
-                .str(rec.kind().as_str())
-                .key("msg_id")
-                .str(rec.msg_id())
-                .key("seq")
-                .u64(seq)
-                .key("spooled_at")
-                .u64(rec.spooled_at())
-                .end_obj();
+        Ok(seg) => {
+            for (i, item) in seg.items().iter().enumerate() {
+                let mut w = Cjson::new(out);
+                w.begin_obj()
+                    .key("body")
+                    .raw(item.body)
+                    .key("integrity_hash")
+                    .str(item.integrity_hash)
+                    .key("kind")
+                    .str(item.kind.as_str())
+                    .key("msg_id")
+                    .str(item.msg_id)
+                    .key("position")
+                    .u64(u64::try_from(i).unwrap_or(0))
+                    .key("segment")
+                    .u64(seq)
+                    .key("spooled_at")
+                    .u64(seg.spooled_at())
+                    .end_obj();
+                out.push(b'\n');
+            }
         }
         Err(e) => {
             let mut w = Cjson::new(out);
             w.begin_obj()
                 .key("error")
                 .str(&e.to_string())
-                .key("seq")
+                .key("segment")
                 .u64(seq)
                 .end_obj();
+            out.push(b'\n');
         }
     }
-    out.push(b'\n');
 }
 
 async fn spool_tail(gw: &Gateway, out: &mut UnixStream, limit: usize) -> std::io::Result<()> {
-    let rows = gw.store.read().and_then(|r| r.spool_tail(limit));
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
-            return out
-                .write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes())
-                .await
-        }
-    };
     let mut buf = Vec::with_capacity(4096);
-    for (seq, raw) in rows {
-        spool_line(seq, &raw, &mut buf);
-        if buf.len() > 64 * 1024 {
-            out.write_all(&buf).await?;
-            buf.clear();
-        }
+    if let Err(e) = tail_lines(&gw.store, limit, &mut buf) {
+        return out
+            .write_all(format!("{{\"error\":{:?}}}\n", e.to_string()).as_bytes())
+            .await;
     }
     out.write_all(&buf).await
+}
+
+/// The newest `limit` envelopes as JSON lines, oldest first.
+pub fn tail_lines(
+    store: &vvgate_storage::Store,
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), vvgate_storage::StorageError> {
+    let segs = store.read()?.spool_tail(limit)?;
+    let mut lines = Vec::new();
+    for (seq, raw) in &segs {
+        spool_lines(*seq, raw, &mut lines);
+    }
+    let text = lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>();
+    for l in &text[text.len().saturating_sub(limit)..] {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    Ok(())
 }
 
 async fn audit_export(gw: &Gateway, out: &mut UnixStream, from: u64) -> std::io::Result<()> {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `nonces` | `[u8; 24]`: signed timestamp (u64 big-endian) ‖ first 16 bytes of SHA-256(nonce) | [`NonceRecord`] |
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
-//! | `spool` | u64 sequence, in acceptance order | [`SpoolRecord`] |
+//! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
 //! | `audit` | u64 entry index (1, 2, 3, …) | the entry's CJSON line |
 //! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
 //!
@@ -26,10 +26,12 @@ use redb::{
 };
 use sha2::{Digest, Sha256};
 
-pub use records::{AuditHead, EnvelopeKind, NonceRecord, Route, SpoolRecord, SpoolStats};
+pub use records::{
+    AuditHead, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment, SpoolStats,
+};
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
 const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
@@ -374,30 +376,30 @@ impl<'t> Batch<'t> {
         Ok(n)
     }
 
-    /// Append an envelope to the spool; returns its sequence number.
-    pub fn spool_push(&mut self, rec: &SpoolRecord<'_>) -> Result<u64, StorageError> {
+    /// Append a segment to the spool; returns its sequence number.
+    pub fn spool_push(&mut self, seg: &SpoolSegment<'_>) -> Result<u64, StorageError> {
         let seq = self.spool_stats.next_seq;
         let mut buf = std::mem::take(&mut self.buf);
-        records::encode(rec, &mut buf).map_err(|e| corrupt("spool", e))?;
+        records::encode(seg, &mut buf).map_err(|e| corrupt("spool", e))?;
         self.spool.insert(seq, buf.as_slice())?;
         self.buf = buf;
         self.spool_stats.next_seq += 1;
-        self.spool_stats.count += 1;
-        self.spool_stats.bytes += u64::try_from(rec.body().len()).unwrap_or(u64::MAX);
+        self.spool_stats.count += u64::try_from(seg.items().len()).unwrap_or(u64::MAX);
+        self.spool_stats.bytes += seg.body_bytes();
         Ok(seq)
     }
 
-    /// Remove a spool entry (after its publication was acknowledged). Returns whether it existed.
+    /// Remove a spool segment (after every envelope in it was acknowledged). Returns whether
+    /// it existed.
     pub fn spool_remove(&mut self, seq: u64) -> Result<bool, StorageError> {
         let Some(old) = self.spool.remove(seq)? else {
             return Ok(false);
         };
-        let rec: SpoolRecord<'_> = records::decode(old.value()).map_err(|e| corrupt("spool", e))?;
-        self.spool_stats.count = self.spool_stats.count.saturating_sub(1);
-        self.spool_stats.bytes = self
-            .spool_stats
-            .bytes
-            .saturating_sub(u64::try_from(rec.body().len()).unwrap_or(0));
+        let seg: SpoolSegment<'_> =
+            records::decode(old.value()).map_err(|e| corrupt("spool", e))?;
+        let n = u64::try_from(seg.items().len()).unwrap_or(u64::MAX);
+        self.spool_stats.count = self.spool_stats.count.saturating_sub(n);
+        self.spool_stats.bytes = self.spool_stats.bytes.saturating_sub(seg.body_bytes());
         Ok(true)
     }
 
@@ -468,7 +470,7 @@ impl Reader {
         Ok(out)
     }
 
-    /// Up to `limit` spool entries (sequence, encoded [`SpoolRecord`]) starting at `from`.
+    /// Up to `limit` spool segments (sequence, encoded [`SpoolSegment`]) starting at `from`.
     pub fn spool_range(
         &self,
         from: u64,
@@ -483,12 +485,18 @@ impl Reader {
         Ok(out)
     }
 
-    /// The last `limit` spool entries, oldest first.
-    pub fn spool_tail(&self, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    /// The newest spool segments that together hold at least `envelopes` envelopes (or the
+    /// whole spool), oldest first.
+    pub fn spool_tail(&self, envelopes: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let table = self.txn.open_table(SPOOL)?;
         let mut out = Vec::new();
-        for item in table.iter()?.rev().take(limit) {
+        let mut seen = 0usize;
+        for item in table.iter()?.rev() {
+            if seen >= envelopes {
+                break;
+            }
             let (k, v) = item?;
+            seen += decode_spool(v.value()).map_or(1, |s| s.items().len());
             out.push((k.value(), v.value().to_vec()));
         }
         out.reverse();
@@ -503,7 +511,7 @@ impl Reader {
 }
 
 /// Decode a spool value read through [`Reader::spool_range`].
-pub fn decode_spool(bytes: &[u8]) -> Result<SpoolRecord<'_>, StorageError> {
+pub fn decode_spool(bytes: &[u8]) -> Result<SpoolSegment<'_>, StorageError> {
     records::decode(bytes).map_err(|e| corrupt("spool", e))
 }
 

@@ -67,61 +67,58 @@ impl EnvelopeKind {
     }
 }
 
-/// One outbox entry: a message ready to publish, byte for byte.
+/// One envelope in the outbox: a message ready to publish, byte for byte.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SpoolRecord<'a> {
+pub struct SpoolItem<'a> {
+    /// Envelope kind; selects the subject.
+    pub kind: EnvelopeKind,
+    /// `Nats-Msg-Id` header value.
+    #[serde(borrow)]
+    pub msg_id: &'a str,
+    /// Lowercase hex `integrity_hash` (`Vv-Integrity-Hash`); empty for checkpoints.
+    #[serde(borrow)]
+    pub integrity_hash: &'a str,
+    /// The message body (the CJSON envelope).
+    #[serde(borrow)]
+    pub body: &'a [u8],
+}
+
+/// A spool segment: the envelopes spooled by one group commit, in acceptance order.
+/// Segments are written and deleted whole, so the outbox costs one B-tree insert per group
+/// instead of one per envelope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpoolSegment<'a> {
     /// Format 1.
     V1 {
-        /// Envelope kind; selects the subject.
-        kind: EnvelopeKind,
-        /// `Nats-Msg-Id` header value.
-        #[serde(borrow)]
-        msg_id: &'a str,
-        /// Lowercase hex `integrity_hash` (`Vv-Integrity-Hash`); empty for checkpoints.
-        #[serde(borrow)]
-        integrity_hash: &'a str,
         /// When it was spooled, Unix microseconds.
         spooled_at: u64,
-        /// The message body (the CJSON envelope).
+        /// Its envelopes.
         #[serde(borrow)]
-        body: &'a [u8],
+        items: Vec<SpoolItem<'a>>,
     },
 }
 
-impl<'a> SpoolRecord<'a> {
-    /// Envelope kind.
-    pub fn kind(&self) -> EnvelopeKind {
+impl<'a> SpoolSegment<'a> {
+    /// The envelopes.
+    pub fn items(&self) -> &[SpoolItem<'a>] {
         match self {
-            SpoolRecord::V1 { kind, .. } => *kind,
-        }
-    }
-
-    /// `Nats-Msg-Id`.
-    pub fn msg_id(&self) -> &'a str {
-        match self {
-            SpoolRecord::V1 { msg_id, .. } => msg_id,
-        }
-    }
-
-    /// The message body.
-    pub fn body(&self) -> &'a [u8] {
-        match self {
-            SpoolRecord::V1 { body, .. } => body,
-        }
-    }
-
-    /// The envelope's `integrity_hash`.
-    pub fn integrity_hash(&self) -> &'a str {
-        match self {
-            SpoolRecord::V1 { integrity_hash, .. } => integrity_hash,
+            SpoolSegment::V1 { items, .. } => items,
         }
     }
 
     /// When it was spooled, Unix microseconds.
     pub fn spooled_at(&self) -> u64 {
         match self {
-            SpoolRecord::V1 { spooled_at, .. } => *spooled_at,
+            SpoolSegment::V1 { spooled_at, .. } => *spooled_at,
         }
+    }
+
+    /// Sum of the envelopes' sizes.
+    pub fn body_bytes(&self) -> u64 {
+        self.items()
+            .iter()
+            .map(|i| u64::try_from(i.body.len()).unwrap_or(u64::MAX))
+            .sum()
     }
 }
 
@@ -139,11 +136,11 @@ pub struct AuditHead {
 /// Spool occupancy, kept in the same transactions that change it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpoolStats {
-    /// Sequence number the next entry gets.
+    /// Sequence number the next segment gets.
     pub next_seq: u64,
-    /// Entries in the spool.
+    /// Envelopes in the spool.
     pub count: u64,
-    /// Sum of the entries' body sizes.
+    /// Sum of the envelopes' sizes.
     pub bytes: u64,
 }
 
@@ -176,17 +173,20 @@ mod tests {
         encode(&n, &mut buf).unwrap();
         assert_eq!(decode::<NonceRecord>(&buf).unwrap(), n);
 
-        let s = SpoolRecord::V1 {
-            kind: EnvelopeKind::DeadLetter,
-            msg_id: "dlq:abc",
-            integrity_hash: "00ff",
+        let s = SpoolSegment::V1 {
             spooled_at: 5,
-            body: b"{}",
+            items: vec![SpoolItem {
+                kind: EnvelopeKind::DeadLetter,
+                msg_id: "dlq:abc",
+                integrity_hash: "00ff",
+                body: b"{}",
+            }],
         };
         encode(&s, &mut buf).unwrap();
-        let back: SpoolRecord<'_> = decode(&buf).unwrap();
+        let back: SpoolSegment<'_> = decode(&buf).unwrap();
         assert_eq!(back, s);
-        assert_eq!(back.body(), b"{}");
+        assert_eq!(back.items()[0].body, b"{}");
+        assert_eq!(back.body_bytes(), 2);
     }
 
     #[test]
@@ -197,8 +197,17 @@ mod tests {
             &[0, 0, 0][..],
             &[1, 200, 200, 200][..],
         ] {
-            assert!(decode::<NonceRecord>(bytes).is_err());
-            assert!(decode::<SpoolRecord<'_>>(bytes).is_err());
+            assert!(decode::<NonceRecord>(bytes).is_err(), "{bytes:?}");
+        }
+        // An empty segment (`[0, 0, 0]`) is valid; truncated or unknown ones are not.
+        for bytes in [
+            &[][..],
+            &[0xff][..],
+            &[1][..],
+            &[0, 5][..],
+            &[0, 5, 3, 0][..],
+        ] {
+            assert!(decode::<SpoolSegment<'_>>(bytes).is_err(), "{bytes:?}");
         }
     }
 }

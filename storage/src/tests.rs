@@ -35,6 +35,21 @@ mod tempdir {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 }
 
+fn segment<'a>(at: u64, bodies: &[&'a [u8]]) -> SpoolSegment<'a> {
+    SpoolSegment::V1 {
+        spooled_at: at,
+        items: bodies
+            .iter()
+            .map(|b| SpoolItem {
+                kind: EnvelopeKind::Ingest,
+                msg_id: "m",
+                integrity_hash: "h",
+                body: b,
+            })
+            .collect(),
+    }
+}
+
 fn rec(ts: u64) -> NonceRecord {
     NonceRecord::V1 {
         body_sha256: [1; 32],
@@ -99,13 +114,7 @@ fn failed_batch_keeps_nothing() {
     let (_d, store) = temp_store();
     let r: Result<(), StorageError> = store.batch(|b| {
         b.nonce_insert(NonceSpace::Telemetry, &nonce_key(1, "n"), &rec(1))?;
-        b.spool_push(&SpoolRecord::V1 {
-            kind: EnvelopeKind::Ingest,
-            msg_id: "m",
-            integrity_hash: "h",
-            spooled_at: 1,
-            body: b"x",
-        })?;
+        b.spool_push(&segment(1, &[b"x"]))?;
         Err(StorageError::Format { found: 0 })
     });
     assert!(r.is_err());
@@ -130,13 +139,8 @@ fn spool_and_audit_survive_reopen() {
         store
             .batch(|b| {
                 for i in 0..3u8 {
-                    b.spool_push(&SpoolRecord::V1 {
-                        kind: EnvelopeKind::Ingest,
-                        msg_id: "m",
-                        integrity_hash: "h",
-                        spooled_at: u64::from(i),
-                        body: &[i; 10],
-                    })?;
+                    let body = [i; 10];
+                    b.spool_push(&segment(u64::from(i), &[&body, &body]))?;
                 }
                 let mut head = b.audit_head();
                 head.index += 1;
@@ -153,8 +157,8 @@ fn spool_and_audit_survive_reopen() {
         r.spool_stats().unwrap(),
         SpoolStats {
             next_seq: 3,
-            count: 2,
-            bytes: 20
+            count: 4,
+            bytes: 40
         }
     );
     let seqs: Vec<u64> = r
@@ -166,7 +170,10 @@ fn spool_and_audit_survive_reopen() {
     assert_eq!(seqs, vec![0, 2]);
     let tail = r.spool_tail(1).unwrap();
     assert_eq!(tail[0].0, 2);
-    assert_eq!(decode_spool(&tail[0].1).unwrap().body(), &[2u8; 10]);
+    assert_eq!(
+        decode_spool(&tail[0].1).unwrap().items()[1].body,
+        &[2u8; 10]
+    );
     assert_eq!(r.audit_head().unwrap().index, 1);
     assert_eq!(r.audit_range(1, 10).unwrap()[0].1, b"{\"index\":1}");
 }

@@ -11,9 +11,7 @@ pub fn tail(src: &StateSource, limit: usize) -> Result<(), CliError> {
     }
     let store = src.open()?;
     let mut out = Vec::new();
-    for (seq, raw) in store.read()?.spool_tail(limit)? {
-        crate::control::spool_line(seq, &raw, &mut out);
-    }
+    crate::control::tail_lines(&store, limit, &mut out)?;
     print!("{}", String::from_utf8_lossy(&out));
     Ok(())
 }

@@ -15,7 +15,7 @@ pub mod replay;
 use vvgate_storage::{nonce_key, EnvelopeKind, NonceRecord, NonceSpace, Route};
 
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
-use crate::commit::{Action, AuditItem, Op, Outcome, SpoolItem, SubmitError};
+use crate::commit::{Action, AuditItem, Envelope, Op, Outcome, SubmitError};
 use crate::envelope::{self, DeadLetterTrace};
 use crate::gateway::Gateway;
 use crate::http::conn::ConnInfo;
@@ -67,7 +67,7 @@ impl<'b> Ctx<'b> {
 /// A refusal with what it writes besides the audit entry.
 pub struct Refusal {
     pub rejection: Rejection,
-    pub dlq: Option<Box<SpoolItem>>,
+    pub dlq: Option<Box<Envelope>>,
     pub retry_after: Option<u64>,
     pub original: Option<[u8; 16]>,
 }
@@ -197,7 +197,7 @@ pub async fn telemetry(
                 route: Route::Telemetry,
                 accepted_at: secs,
             },
-            spool: Some(SpoolItem {
+            spool: Some(Envelope {
                 kind: EnvelopeKind::Ingest,
                 msg_id: accepted.message_id.as_str().to_owned(),
                 integrity_hash: accepted.integrity_hash,
@@ -259,7 +259,7 @@ fn dead_letter(
     );
     Refusal {
         rejection,
-        dlq: Some(Box::new(SpoolItem {
+        dlq: Some(Box::new(Envelope {
             kind: EnvelopeKind::DeadLetter,
             msg_id: envelope::dead_letter_msg_id(&st.msg),
             integrity_hash,
