@@ -102,6 +102,10 @@ pub struct Shared {
     pub healthy: AtomicBool,
     /// Operations queued and not yet taken by the storage thread.
     pub queued: AtomicUsize,
+    /// Notified after a commit that added a spool segment (wakes the forwarder).
+    pub spooled: event_listener::Event,
+    /// Sequence number the next spool segment will get.
+    pub spool_next_seq: AtomicU64,
 }
 
 /// The storage thread's settings.
@@ -120,6 +124,8 @@ pub struct CommitConfig {
 #[allow(clippy::large_enum_variant)] // nearly every message is an Op; Stop is sent once
 enum Msg {
     Op(Op),
+    /// Delete a spool segment whose envelopes were all acknowledged by the queue.
+    Release(u64),
     /// Commit what is queued, then exit.
     Stop,
 }
@@ -168,6 +174,12 @@ impl Committer {
             .saturating_sub(self.shared.queued.load(Ordering::Relaxed))
     }
 
+    /// Delete a fully acknowledged spool segment (in the next commit). `false` when the queue
+    /// is full; ask again later.
+    pub fn release(&self, seq: u64) -> bool {
+        self.tx.try_send(Msg::Release(seq)).is_ok()
+    }
+
     /// Ask the storage thread to commit everything queued so far and exit. Ops submitted
     /// after this are not committed (their senders get `Failed`).
     pub fn close(&self) {
@@ -189,6 +201,7 @@ pub fn start(
         if let Ok(s) = r.spool_stats() {
             shared.spool_count.store(s.count, Ordering::Relaxed);
             shared.spool_bytes.store(s.bytes, Ordering::Relaxed);
+            shared.spool_next_seq.store(s.next_seq, Ordering::Relaxed);
         }
         if let Ok(h) = r.audit_head() {
             shared.audit_index.store(h.index, Ordering::Relaxed);
@@ -219,6 +232,8 @@ struct StorageThread {
     last_sweep: Instant,
     /// Envelopes of the group being committed; written as one segment.
     segment: Vec<Envelope>,
+    /// Acknowledged segments to delete in the next commit.
+    releases: Vec<u64>,
     /// Requests answered 503 because a commit failed, not yet recorded in the log.
     unrecorded_failures: u64,
     last_error: String,
@@ -236,6 +251,7 @@ impl StorageThread {
             details: Vec::with_capacity(256),
             last_sweep: Instant::now(),
             segment: Vec::new(),
+            releases: Vec::new(),
             unrecorded_failures: 0,
             last_error: String::new(),
         }
@@ -255,6 +271,7 @@ impl StorageThread {
         while !stopping {
             match rx.recv() {
                 Ok(Msg::Op(op)) => group.push(op),
+                Ok(Msg::Release(seq)) => self.releases.push(seq),
                 Ok(Msg::Stop) | Err(_) => break,
             }
             if busy && !self.cfg.max_delay.is_zero() {
@@ -263,6 +280,7 @@ impl StorageThread {
             while group.len() < self.cfg.max_requests {
                 match rx.try_recv() {
                     Ok(Msg::Op(op)) => group.push(op),
+                    Ok(Msg::Release(seq)) => self.releases.push(seq),
                     Ok(Msg::Stop) => {
                         stopping = true;
                         break;
@@ -291,24 +309,29 @@ impl StorageThread {
                     let outcome = self.apply(b, now, op)?;
                     outcomes.push(outcome);
                 }
-                self.flush_segment(b, now)?;
+                let spooled = self.flush_segment(b, now)?;
+                for seq in &self.releases {
+                    b.spool_remove(*seq)?;
+                }
                 if sweep {
                     let cutoff = now.secs().saturating_sub(self.cfg.nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
                     b.expire_nonces(NonceSpace::Federation, cutoff)?;
                 }
-                Ok((b.spool_stats(), b.audit_head()))
+                Ok((b.spool_stats(), b.audit_head(), spooled))
             })
         };
         match result {
-            Ok((spool, head)) => {
+            Ok((spool, head, spooled)) => {
                 if sweep {
                     self.last_sweep = Instant::now();
                 }
+                self.releases.clear();
                 self.unrecorded_failures = 0;
                 let s = &self.shared;
                 s.spool_count.store(spool.count, Ordering::Relaxed);
                 s.spool_bytes.store(spool.bytes, Ordering::Relaxed);
+                s.spool_next_seq.store(spool.next_seq, Ordering::Relaxed);
                 s.audit_index.store(head.index, Ordering::Relaxed);
                 s.commits.fetch_add(1, Ordering::Relaxed);
                 s.committed_ops
@@ -318,6 +341,9 @@ impl StorageThread {
                     if let Some(reply) = op.reply {
                         let _ = reply.send(outcome);
                     }
+                }
+                if spooled {
+                    self.shared.spooled.notify(usize::MAX);
                 }
             }
             Err(e) => {
@@ -459,14 +485,14 @@ impl StorageThread {
             && stats.bytes + pending_bytes + s.len() <= self.cfg.spool_max_bytes
     }
 
-    /// Write the group's envelopes as one spool segment.
+    /// Write the group's envelopes as one spool segment. Returns whether there was one.
     fn flush_segment(
         &mut self,
         b: &mut Batch<'_>,
         now: crate::time::Micros,
-    ) -> Result<(), StorageError> {
+    ) -> Result<bool, StorageError> {
         if self.segment.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let items = self
             .segment
@@ -482,7 +508,7 @@ impl StorageThread {
             spooled_at: now.0,
             items,
         })?;
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -22,7 +22,7 @@ use rcgen::{
 };
 use ring::rand::SecureRandom;
 use ring::signature::KeyPair as _;
-use vvgate_hsm::file::write_private;
+pub use vvgate_hsm::file::write_private;
 
 use crate::ids;
 

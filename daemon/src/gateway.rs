@@ -43,6 +43,8 @@ pub struct Gateway {
     pub inflight: InFlight,
     pub rate: RefCell<RateLimiter>,
     pub metrics: Metrics,
+    /// The queue forwarder's counters (all zero with `queue_backend = "spool"`).
+    pub forward: crate::forward::ForwardState,
     pub rng: RefCell<Random>,
     /// Spool bytes and entries promised to requests whose commit is pending.
     pending_spool: Cell<(u64, u64)>,
@@ -83,6 +85,7 @@ impl Gateway {
             inflight: InFlight::default(),
             rate: RefCell::default(),
             metrics: Metrics::default(),
+            forward: crate::forward::ForwardState::default(),
             rng: RefCell::new(Random::new()),
             pending_spool: Cell::new((0, 0)),
             connections: Cell::new(0),
@@ -357,9 +360,47 @@ impl Gateway {
                 "1 when ready.",
                 u64::from(self.readiness().is_empty()),
             ),
+            (
+                "vvgate_forward_connected",
+                "1 while the queue connection is up.",
+                u64::from(self.forward.connected.get()),
+            ),
+            (
+                "vvgate_forward_published_total",
+                "Envelopes published to the queue (re-publishes included).",
+                self.forward.published.get(),
+            ),
+            (
+                "vvgate_forward_acked_total",
+                "PubAcks received.",
+                self.forward.acked.get(),
+            ),
+            (
+                "vvgate_forward_duplicates_total",
+                "PubAcks saying the stream already held the envelope.",
+                self.forward.duplicates.get(),
+            ),
+            (
+                "vvgate_forward_errors_total",
+                "Queue sessions ended by an error.",
+                self.forward.errors.get(),
+            ),
+            (
+                "vvgate_spool_lag_seconds",
+                "Age of the oldest envelope not yet acknowledged by the queue.",
+                self.spool_lag_secs(),
+            ),
         ]);
         out.extend_from_slice(text.as_bytes());
         Response::new(200)
+    }
+
+    /// Age of the oldest unacknowledged envelope, whole seconds (0 when none is pending).
+    pub fn spool_lag_secs(&self) -> u64 {
+        match self.forward.oldest_pending_us.get() {
+            0 => 0,
+            at => self.clock.now().0.saturating_sub(at) / 1_000_000,
+        }
     }
 
     /// Count a refused handshake; entries are written once a second, coalesced by reason.

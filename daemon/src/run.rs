@@ -58,6 +58,10 @@ pub enum RunError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardSetupError),
+    #[error("queue: {0}")]
+    Queue(crate::nats::NatsError),
 }
 
 impl RunError {
@@ -71,6 +75,8 @@ impl RunError {
             RunError::Storage(_) => exit::IOERR,
             RunError::StateDir { .. } | RunError::Bind { .. } => exit::CANTCREAT,
             RunError::Io { .. } => exit::SOFTWARE,
+            RunError::Forward(crate::forward::ForwardSetupError::Key(_)) => exit::UNAVAILABLE,
+            RunError::Forward(_) | RunError::Queue(_) => exit::CONFIG,
         }
     }
 }
@@ -80,6 +86,7 @@ pub struct Prepared {
     cfg: Rc<Config>,
     server_config: Arc<rustls::ServerConfig>,
     catalogue: Option<Catalogue>,
+    forward: Option<crate::forward::ForwardSetup>,
 }
 
 /// Check keys, TLS material and the catalogue without opening storage or sockets
@@ -122,10 +129,15 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
     } else {
         None
     };
+    let forward = match cfg.queue_backend {
+        crate::config::QueueBackend::Nats => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
+        crate::config::QueueBackend::Spool => None,
+    };
     Ok(Prepared {
         cfg: Rc::new(cfg),
         server_config,
         catalogue,
+        forward,
     })
 }
 
@@ -240,6 +252,32 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
                 source: std::io::Error::other("storage commit failed"),
             });
         }
+        if let Some(mut setup) = p.forward {
+            // A reachable queue with a missing or wrong stream is a start-up error; an
+            // unreachable one is not (ingest goes on into the spool, forwarding retries).
+            let first = futures_lite::future::or(
+                async { crate::forward::connect_and_check(&mut setup).await.map(Some) },
+                async {
+                    Timer::after(Duration::from_secs(5)).await;
+                    Ok(None)
+                },
+            )
+            .await;
+            let first = match first {
+                Ok(c) => c,
+                Err(e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. })) => {
+                    return Err(RunError::Queue(e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue not reachable at start; forwarding will retry");
+                    None
+                }
+            };
+            if first.is_none() {
+                tracing::warn!("queue not connected yet; events stay in the spool until it is");
+            }
+            ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first)).detach();
+        }
         ex.spawn(gateway::accept_producers(
             Rc::clone(&gw),
             Rc::clone(&ex),
@@ -283,6 +321,14 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         gw.closing.notify(usize::MAX);
         let deadline = Instant::now() + Duration::from_secs(10);
         while gw.connections.get() > 0 && Instant::now() < deadline {
+            Timer::after(Duration::from_millis(20)).await;
+        }
+        // Give the forwarder a moment to empty the spool while the queue is up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.forward.connected.get()
+            && gw.committer.shared.spool_count.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
             Timer::after(Duration::from_millis(20)).await;
         }
         gw.audit_system(

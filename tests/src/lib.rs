@@ -116,6 +116,8 @@ pub struct Opts {
     pub extra_toml: String,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A fixed producer port (so restarts keep it); default: a free one each start.
+    pub port: Option<u16>,
 }
 
 impl Opts {
@@ -132,7 +134,7 @@ pub fn config_text(dir: &Path, pki: &Pki, opts: &Opts) -> String {
         r#"[telemetry_gateway]
 mode = "dev"
 state_dir = "{state}"
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
 spectrastrike_ed25519_public_key_b64 = "{pk}"
 allowed_service_identities = {{ "spectrastrike-producer" = "{p}", "other-service" = "{q}", "foreign-service" = "{f}" }}
 operator_tenant_map = {{ "op-001" = "10000000-0000-0000-0000-000000000001", "op-002" = "20000000-0000-0000-0000-000000000002" }}
@@ -164,6 +166,7 @@ socket_path = "{state}/control.sock"
         f = pki.foreign_pin,
         extra_gw = opts.gateway_toml,
         extra = opts.extra_toml,
+        port = opts.port.unwrap_or(0),
     )
 }
 
@@ -367,6 +370,34 @@ impl Gateway {
     }
 }
 
+/// Run `vvgated --config PATH` expecting it to exit by itself (a start-up refusal); returns
+/// (exit code, stderr).
+pub fn vvgated_exit(config: &Path, secs: u64) -> (i32, String) {
+    let mut child = Command::new(bin("vvgated"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vvgated");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vvgated kept running; expected a start-up refusal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Run `vvctl`.
 pub fn vvctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("vvctl"))
@@ -466,4 +497,355 @@ pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// How the test NATS server authenticates the gateway.
+#[derive(Clone, Debug)]
+pub enum NatsAuth {
+    UserPass,
+    /// An nkey: the server knows the public key, the gateway holds the seed.
+    NKey,
+}
+
+/// A real `nats-server` with JetStream (file storage in its own directory) and TLS that
+/// requires a client certificate from the test CA. The port stays the same across restarts.
+pub struct NatsServer {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub stream: String,
+    conf: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    started: usize,
+}
+
+/// A free TCP port on loopback (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl NatsServer {
+    /// Start one for `pki` (server and gateway client certificates are issued into it).
+    pub fn start(pki: &Pki, auth: NatsAuth) -> Self {
+        let dir = temp_dir("nats");
+        let ca = DevCa::load(&pki.dir).expect("ca");
+        let (cert, key, _) = ca
+            .issue("localhost", &["localhost", "127.0.0.1"])
+            .expect("server cert");
+        std::fs::write(dir.join("server.pem"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        ca.issue_client(&pki.dir, "nats-client", "vvgate-gateway")
+            .expect("client cert");
+        let authz = match auth {
+            NatsAuth::UserPass => {
+                let creds = pki.dir.join("nats.creds");
+                vvgate::devpki::write_private(&creds, b"vvgate:s3cret-pass").unwrap();
+                "authorization { user: vvgate, password: \"s3cret-pass\" }".to_owned()
+            }
+            NatsAuth::NKey => {
+                let seed = [42u8; 32];
+                let public = vvgate::nats::auth::user_public_key(&seed).unwrap();
+                let creds = pki.dir.join("nats.creds");
+                let text = vvgate::nats::auth::encode_user_seed(&seed);
+                vvgate::devpki::write_private(&creds, text.as_bytes()).unwrap();
+                format!("authorization {{ users = [ {{ nkey: {public} }} ] }}")
+            }
+        };
+        let port = free_port();
+        let conf = dir.join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"listen: 127.0.0.1:{port}
+server_name: vvgate-e2e
+max_payload: 4MB
+jetstream {{ store_dir: "{js}" }}
+tls {{
+  cert_file: "{d}/server.pem"
+  key_file: "{d}/server.key"
+  ca_file: "{ca}"
+  verify: true
+  timeout: 5
+}}
+{authz}
+"#,
+                js = dir.join("js").display(),
+                d = dir.display(),
+                ca = pki.path("ca.pem").display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join("nats.log");
+        let mut s = Self {
+            dir,
+            port,
+            stream: "VECTORVUE_TELEMETRY".into(),
+            conf,
+            child: None,
+            log,
+            started: 0,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nats log");
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (install it: scripts/test-all.sh does)");
+        self.child = Some(child);
+        let log = self.log.clone();
+        let mut ready = false;
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("Server is ready").count() > self.starts() {
+                ready = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            ready,
+            "nats-server did not start:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+        self.started += 1;
+    }
+
+    fn starts(&self) -> usize {
+        self.started
+    }
+
+    /// SIGKILL (an outage).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same port with the same stored streams.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The `[telemetry_gateway]` and `[nats]` configuration that points a gateway here.
+    pub fn gateway_opts(&self, pki: &Pki, base: Opts) -> Opts {
+        let mut o = base
+            .with("queue_backend = \"nats\"")
+            .with(&format!("nats_url = \"tls://127.0.0.1:{}\"", self.port));
+        o.extra_toml.push_str(&format!(
+            "\n[nats]\nca_path = \"{ca}\"\ncert_path = \"{d}/nats-client.pem\"\nkey = \"file:{d}/nats-client.key\"\ncredentials_file = \"{d}/nats.creds\"\ncreate_stream = true\n",
+            ca = pki.path("ca.pem").display(),
+            d = pki.dir.display(),
+        ));
+        o
+    }
+
+    /// Every message in the stream.
+    pub fn messages(&self, pki: &Pki) -> Vec<StreamMessage> {
+        smol::block_on(read_stream(self, pki))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Clone, Debug)]
+pub struct StreamMessage {
+    pub seq: u64,
+    pub subject: String,
+    pub headers: String,
+    pub data: Vec<u8>,
+}
+
+impl StreamMessage {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.data).expect("envelope JSON")
+    }
+}
+
+async fn read_stream(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
+    use base64::Engine;
+    use vvgate::nats::{Connection, Credentials, NatsOptions};
+    let tls = vvgate::client::client_config(
+        &pki.path("ca.pem"),
+        &pki.path("nats-client.pem"),
+        &pki.path("nats-client.key"),
+    )
+    .expect("tls");
+    let opts = NatsOptions {
+        addr: SocketAddr::from(([127, 0, 0, 1], ns.port)),
+        server_name: "127.0.0.1".into(),
+        tls,
+        credentials: Credentials::load(&pki.path("nats.creds")).expect("creds"),
+        name: "vvgate-e2e-reader".into(),
+        timeout: Duration::from_secs(10),
+    };
+    let mut conn = Connection::connect(&opts, "e2ereader")
+        .await
+        .expect("connect to nats");
+    let info = conn
+        .request(
+            &format!("$JS.API.STREAM.INFO.{}", ns.stream),
+            b"",
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("stream info");
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("info JSON");
+    let first = info["state"]["first_seq"].as_u64().unwrap_or(1);
+    let last = info["state"]["last_seq"].as_u64().unwrap_or(0);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = Vec::new();
+    for seq in first..=last {
+        let body = format!("{{\"seq\":{seq}}}");
+        let r = conn
+            .request(
+                &format!("$JS.API.STREAM.MSG.GET.{}", ns.stream),
+                body.as_bytes(),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("msg get");
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("msg JSON");
+        let m = &v["message"];
+        if m.is_null() {
+            continue; // deleted
+        }
+        out.push(StreamMessage {
+            seq,
+            subject: m["subject"].as_str().unwrap_or_default().to_owned(),
+            headers: String::from_utf8_lossy(
+                &b64.decode(m["hdrs"].as_str().unwrap_or(""))
+                    .unwrap_or_default(),
+            )
+            .into_owned(),
+            data: b64
+                .decode(m["data"].as_str().unwrap_or(""))
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// One request sent by [`Load`] and what became of it.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub nonce: String,
+    pub request: Vec<u8>,
+    /// HTTP status, or `None` when the answer was lost (connection broken).
+    pub status: Option<u16>,
+    pub request_id: Option<String>,
+}
+
+/// Producer threads sending fresh valid events until stopped, recording every outcome.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Sent>>>,
+}
+
+impl Load {
+    /// `threads` producers against `g`; each reconnects after a broken connection when
+    /// `reconnect` (the gateway may be restarted under it).
+    pub fn start(g: &Gateway, threads: usize, reconnect: bool) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addr = std::sync::Arc::new(std::sync::Mutex::new(g.addr));
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, p, addr) = (
+                    std::sync::Arc::clone(&stop),
+                    g.pki.producer(),
+                    std::sync::Arc::clone(&addr),
+                );
+                std::thread::spawn(move || {
+                    let mut log = Vec::new();
+                    let mut conn: Option<Connection> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let a = *addr.lock().unwrap();
+                        if conn.is_none() {
+                            match Connection::connect_tls(
+                                a,
+                                "localhost",
+                                p.tls.clone(),
+                                Duration::from_secs(5),
+                            ) {
+                                Ok(c) => conn = Some(c),
+                                Err(_) if reconnect => {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    continue;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        let s = valid();
+                        let req = request(&p, &s);
+                        let r = conn.as_mut().map(|c| c.send(&req));
+                        let (status, id) = match r {
+                            Some(Ok(r)) => {
+                                let id = (r.status == 202)
+                                    .then(|| json(&r)["request_id"].as_str().map(str::to_owned))
+                                    .flatten();
+                                (Some(r.status), id)
+                            }
+                            _ => {
+                                conn = None;
+                                (None, None)
+                            }
+                        };
+                        log.push(Sent {
+                            nonce: s.nonce,
+                            request: req,
+                            status,
+                            request_id: id,
+                        });
+                        if status.is_none() && !reconnect {
+                            break;
+                        }
+                    }
+                    log
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            threads: handles,
+        }
+    }
+
+    /// Stop and collect every outcome.
+    pub fn finish(self) -> Vec<Sent> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("load thread"))
+            .collect()
+    }
 }

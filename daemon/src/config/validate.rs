@@ -627,19 +627,27 @@ pub(super) fn validate(
         );
     }
     if queue_backend == QueueBackend::Nats {
-        c.bad(
-            &k("queue_backend"),
-            "nats forwarding is not available in this build; use spool",
-        );
         match &nats.url {
             None => c.bad(&k("nats_url"), "is required with queue_backend = \"nats\""),
-            Some(u) if !u.starts_with("tls://") => {
-                c.bad(&k("nats_url"), format!("must be a tls:// URL (got {u:?})"))
-            }
+            Some(u) if crate::forward::parse_url(u).is_none() => c.bad(
+                &k("nats_url"),
+                format!("must be tls://host:port (got {u:?}); the queue connection is always TLS"),
+            ),
             Some(_) => {}
         }
+        for (key, missing) in [
+            ("nats.ca_path", nats.ca_path.is_none()),
+            ("nats.cert_path", nats.cert_path.is_none()),
+            ("nats.key", nats.key.is_none()),
+        ] {
+            if missing {
+                c.bad(
+                    key,
+                    "is required with queue_backend = \"nats\" (the queue connection is mutual TLS)",
+                );
+            }
+        }
     }
-
     // [audit]
     let a = raw.audit;
     let checkpoint_origin = c

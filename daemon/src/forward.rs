@@ -1,0 +1,481 @@
+//! Stage 5: forward the spool to NATS JetStream over TLS (CONTRACT.md §5).
+//!
+//! One task on the event loop owns the queue connection. It reads spool segments in order,
+//! keeps up to `[nats] max_in_flight` publishes outstanding (each with `Nats-Msg-Id`), and
+//! asks the storage thread to delete a segment only once every envelope in it has a PubAck
+//! (`"duplicate": true` counts: the stream already holds it). Any error (connection lost,
+//! refused publish, missing ack) drops the connection; after a backoff it reconnects and
+//! re-publishes everything not yet acknowledged, which the stream deduplicates by message id.
+//! Ingest never waits for any of this: while the queue is down the spool grows, and only a
+//! full spool refuses telemetry (503).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use smol::Timer;
+use vvgate_hsm::{HsmError, KeyStore};
+use vvgate_storage::EnvelopeKind;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::json::Tape;
+use crate::nats::jetstream::{self, PubAck, StreamSpec};
+use crate::nats::{Connection, Credentials, NatsError, NatsOptions};
+
+/// How long a publish may wait for its PubAck before the connection is considered dead.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle connection is pinged.
+const IDLE_PING: Duration = Duration::from_secs(15);
+/// Segments read from the spool per storage read.
+const READ_SEGMENTS: usize = 64;
+
+/// Why the queue connection could not be configured (a start-up error).
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardSetupError {
+    #[error("telemetry_gateway.nats_url {0:?}: expected tls://host:port")]
+    Url(String),
+    #[error("nats.{key} {path}: {detail}")]
+    File {
+        key: &'static str,
+        path: String,
+        detail: String,
+    },
+    #[error("nats.key: {0}")]
+    Key(#[from] HsmError),
+    #[error("nats.cert_path does not match nats.key: {0}")]
+    KeyMismatch(String),
+    #[error(transparent)]
+    Credentials(#[from] crate::nats::auth::CredentialsError),
+    #[error("queue TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Everything the forwarder needs, built and checked at start.
+pub struct ForwardSetup {
+    pub host: String,
+    pub port: u16,
+    pub options: NatsOptions,
+    pub spec: StreamSpec,
+    pub create_stream: bool,
+    pub window: usize,
+}
+
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Parse `tls://host:port`.
+pub fn parse_url(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("tls://")?;
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains('/') {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// Build the queue connection settings (TLS with the client certificate from the key store,
+/// credentials, stream specification) from the configuration.
+pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, ForwardSetupError> {
+    let n = &cfg.nats;
+    let url = n.url.clone().unwrap_or_default();
+    let (host, port) = parse_url(&url).ok_or_else(|| ForwardSetupError::Url(url.clone()))?;
+    let file_err =
+        |key: &'static str, path: &std::path::Path, detail: String| ForwardSetupError::File {
+            key,
+            path: path.display().to_string(),
+            detail,
+        };
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &n.ca_path {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| file_err("ca_path", ca, e.to_string()))?;
+        for c in certs {
+            let c = c.map_err(|e| file_err("ca_path", ca, e.to_string()))?;
+            roots
+                .add(c)
+                .map_err(|e| file_err("ca_path", ca, e.to_string()))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ForwardSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let tls = match (&n.cert_path, &n.key) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_err("cert_path", cert, e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| file_err("cert_path", cert, e.to_string()))?;
+            let signer = keystore.tls_key(key)?;
+            let ck = CertifiedKey::new(chain, signer);
+            ck.keys_match()
+                .map_err(|e| ForwardSetupError::KeyMismatch(e.to_string()))?;
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(Arc::new(ck))))
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let credentials = match &n.credentials_file {
+        Some(p) => Credentials::load(p)?,
+        None => Credentials::None,
+    };
+    let retention = cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1;
+    Ok(ForwardSetup {
+        options: NatsOptions {
+            // Resolved at each connect (the name may move).
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            server_name: host.clone(),
+            tls: Arc::new(tls),
+            credentials,
+            name: format!("vvgate-{}", hostname()),
+            timeout: Duration::from_secs(5),
+        },
+        host,
+        port,
+        spec: StreamSpec {
+            name: n.stream.clone(),
+            subjects: vec![cfg.queue_subject.clone(), cfg.dlq_subject.clone()],
+            min_duplicate_window: Duration::from_secs(retention),
+        },
+        create_stream: n.create_stream,
+        window: n.max_in_flight,
+    })
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "gateway".into())
+}
+
+/// What the forwarder reports (metrics, status).
+#[derive(Default)]
+pub struct ForwardState {
+    pub connected: Cell<bool>,
+    pub published: Cell<u64>,
+    pub acked: Cell<u64>,
+    pub duplicates: Cell<u64>,
+    pub errors: Cell<u64>,
+    pub reconnects: Cell<u64>,
+    /// `spooled_at` (µs) of the oldest envelope not yet acknowledged; 0 when none is pending.
+    pub oldest_pending_us: Cell<u64>,
+    pub last_error: RefCell<String>,
+}
+
+impl ForwardState {
+    fn bump(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+}
+
+/// One envelope loaded from the spool.
+struct Item {
+    kind: EnvelopeKind,
+    msg_id: String,
+    integrity_hash: String,
+    body: Vec<u8>,
+}
+
+/// A loaded spool segment and how far it got.
+struct Segment {
+    seq: u64,
+    spooled_at: u64,
+    items: Vec<Item>,
+    published: usize,
+    acked: usize,
+}
+
+/// Resolve the queue host (an IP literal needs no lookup).
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, NatsError> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    smol::net::resolve((host, port))
+        .await
+        .map_err(NatsError::Io)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| NatsError::Io(std::io::Error::other(format!("{host} resolves to nothing"))))
+}
+
+/// Connect and check the stream once (the start-up check). Errors are returned as they are.
+pub async fn connect_and_check(setup: &mut ForwardSetup) -> Result<Connection, NatsError> {
+    setup.options.addr = resolve(&setup.host, setup.port).await?;
+    let token = crate::ids::hex::<32>(&crate::ids::Random::new().uuid_v4());
+    let mut conn = Connection::connect(&setup.options, &token).await?;
+    if !conn.info.jetstream {
+        return Err(NatsError::Protocol(
+            "the queue server does not have JetStream enabled".into(),
+        ));
+    }
+    let state = jetstream::ensure_stream(&mut conn, &setup.spec, setup.create_stream).await?;
+    if state.created {
+        tracing::info!(stream = %setup.spec.name, "created the JetStream stream");
+    }
+    Ok(conn)
+}
+
+/// Run the forwarder until the gateway stops.
+pub async fn run(gw: Rc<Gateway>, mut setup: ForwardSetup, first: Option<Connection>) {
+    let mut conn = first;
+    let mut backoff = Duration::from_millis(100);
+    // Segments below this are acknowledged and handed to the storage thread for deletion.
+    let mut released_below = 0u64;
+    let mut pending_releases: VecDeque<u64> = VecDeque::new();
+    loop {
+        let c = match conn.take() {
+            Some(c) => Ok(c),
+            None => connect_and_check(&mut setup).await,
+        };
+        let result = match c {
+            Ok(c) => {
+                gw.forward.connected.set(true);
+                backoff = Duration::from_millis(100);
+                session(&gw, &setup, c, &mut released_below, &mut pending_releases).await
+            }
+            Err(e) => Err(e),
+        };
+        gw.forward.connected.set(false);
+        if let Err(e) = result {
+            ForwardState::bump(&gw.forward.errors);
+            let text = e.to_string();
+            if *gw.forward.last_error.borrow() != text {
+                tracing::warn!(error = %text, "queue forwarding interrupted; retrying with backoff");
+                *gw.forward.last_error.borrow_mut() = text;
+            }
+        }
+        ForwardState::bump(&gw.forward.reconnects);
+        // Jittered exponential backoff, 100 ms to 5 s.
+        let jitter = u64::from(gw.new_request_id()[0]) % 50;
+        Timer::after(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn subject(cfg: &Config, kind: EnvelopeKind) -> &str {
+    match kind {
+        EnvelopeKind::Ingest => &cfg.queue_subject,
+        EnvelopeKind::DeadLetter => &cfg.dlq_subject,
+        EnvelopeKind::Checkpoint => &cfg.audit.checkpoint_subject,
+    }
+}
+
+/// Read segments from `from` on (at most `limit`), skipping ones already released.
+fn load(gw: &Gateway, from: u64, limit: usize) -> Result<Vec<Segment>, NatsError> {
+    let rows = gw
+        .store
+        .read()
+        .and_then(|r| r.spool_range(from, limit))
+        .map_err(|e| NatsError::Io(std::io::Error::other(e.to_string())))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, raw) in rows {
+        let seg = vvgate_storage::decode_spool(&raw)
+            .map_err(|e| NatsError::Io(std::io::Error::other(e.to_string())))?;
+        out.push(Segment {
+            seq,
+            spooled_at: seg.spooled_at(),
+            items: seg
+                .items()
+                .iter()
+                .map(|i| Item {
+                    kind: i.kind,
+                    msg_id: i.msg_id.to_owned(),
+                    integrity_hash: i.integrity_hash.to_owned(),
+                    body: i.body.to_vec(),
+                })
+                .collect(),
+            published: 0,
+            acked: 0,
+        });
+    }
+    Ok(out)
+}
+
+async fn session(
+    gw: &Gateway,
+    setup: &ForwardSetup,
+    mut conn: Connection,
+    released_below: &mut u64,
+    pending_releases: &mut VecDeque<u64>,
+) -> Result<(), NatsError> {
+    let cfg = &gw.cfg;
+    let window = setup.window.max(1);
+    let max_payload = conn.info.max_payload;
+    let mut queue: VecDeque<Segment> = VecDeque::new();
+    let mut cursor = *released_below;
+    let mut inflight: HashMap<u64, u64> = HashMap::with_capacity(window);
+    let mut tape = Tape::new();
+    let mut idle_since = std::time::Instant::now();
+    loop {
+        // Hand acknowledged segments to the storage thread (in order).
+        while let Some(&seq) = pending_releases.front() {
+            if !gw.committer.release(seq) {
+                break;
+            }
+            pending_releases.pop_front();
+        }
+        // Keep about two windows of envelopes loaded.
+        let loaded: usize = queue.iter().map(|s| s.items.len() - s.acked).sum();
+        if loaded < window * 2 {
+            for seg in load(gw, cursor, READ_SEGMENTS)? {
+                cursor = seg.seq + 1;
+                if seg.seq >= *released_below {
+                    queue.push_back(seg);
+                }
+            }
+        }
+        // Publish up to the window, in spool order.
+        for seg in queue.iter_mut() {
+            while seg.published < seg.items.len() && inflight.len() < window {
+                let item = &seg.items[seg.published];
+                if item.body.len() + 256 > max_payload {
+                    return Err(NatsError::Protocol(format!(
+                        "envelope {} ({} bytes) exceeds the queue server's max_payload ({max_payload}); raise it",
+                        item.msg_id,
+                        item.body.len()
+                    )));
+                }
+                let id = conn.next_id();
+                let mut headers: heapless::Vec<(&str, &str), 3> = heapless::Vec::new();
+                let _ = headers.push(("Nats-Msg-Id", &item.msg_id));
+                let _ = headers.push(("Vv-Envelope-Kind", item.kind.as_str()));
+                if !item.integrity_hash.is_empty() {
+                    let _ = headers.push(("Vv-Integrity-Hash", &item.integrity_hash));
+                }
+                conn.queue_hpub(subject(cfg, item.kind), id, &headers, &item.body);
+                inflight.insert(id, seg.seq);
+                seg.published += 1;
+                ForwardState::bump(&gw.forward.published);
+            }
+            if inflight.len() >= window {
+                break;
+            }
+        }
+        gw.forward
+            .oldest_pending_us
+            .set(queue.front().map_or(0, |s| s.spooled_at));
+        conn.flush().await?;
+
+        // Wait: for acks when publishes are outstanding; else for new spool data.
+        if inflight.is_empty() {
+            let listener = gw.committer.shared.spooled.listen();
+            if gw.committer.shared.spool_next_seq.load(Ordering::Relaxed) > cursor {
+                continue;
+            }
+            if idle_since.elapsed() >= IDLE_PING {
+                conn.queue_ping();
+                conn.flush().await?;
+                idle_since = std::time::Instant::now();
+            }
+            // New segments, server traffic (PING), or a periodic look at the spool.
+            futures_lite::future::or(
+                async {
+                    listener.await;
+                    Ok(())
+                },
+                futures_lite::future::or(async { conn.next_reply().await.map(|_| ()) }, async {
+                    Timer::after(Duration::from_millis(500)).await;
+                    Ok(())
+                }),
+            )
+            .await?;
+            continue;
+        }
+        idle_since = std::time::Instant::now();
+        let reply = futures_lite::future::or(async { conn.next_reply().await }, async {
+            Timer::after(ACK_TIMEOUT).await;
+            Err(NatsError::Timeout("PubAck"))
+        })
+        .await?;
+        let Some(reply) = reply else {
+            continue;
+        };
+        let Some(seq) = inflight.remove(&reply.id) else {
+            continue;
+        };
+        match jetstream::parse_pub_ack(reply.status, &reply.payload, &mut tape) {
+            PubAck::Stored { duplicate, .. } => {
+                ForwardState::bump(&gw.forward.acked);
+                if duplicate {
+                    ForwardState::bump(&gw.forward.duplicates);
+                }
+                if let Some(seg) = queue.iter_mut().find(|s| s.seq == seq) {
+                    seg.acked += 1;
+                }
+            }
+            PubAck::Error { code, description } => {
+                return Err(NatsError::JetStream {
+                    what: "publish",
+                    code,
+                    description,
+                })
+            }
+            PubAck::NoResponders => {
+                return Err(NatsError::JetStream {
+                    what: "publish",
+                    code: 503,
+                    description: "no stream captures the subject".into(),
+                })
+            }
+            PubAck::Malformed(why) => return Err(NatsError::Protocol(format!("PubAck: {why}"))),
+        }
+        // Release fully acknowledged segments at the front.
+        while queue.front().is_some_and(|s| s.acked == s.items.len()) {
+            if let Some(s) = queue.pop_front() {
+                *released_below = s.seq + 1;
+                pending_releases.push_back(s.seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("tls://nats.internal:4222"),
+            Some(("nats.internal".into(), 4222))
+        );
+        assert_eq!(
+            parse_url("tls://127.0.0.1:1"),
+            Some(("127.0.0.1".into(), 1))
+        );
+        assert_eq!(parse_url("tls://[::1]:4222"), Some(("::1".into(), 4222)));
+        for bad in [
+            "nats://x:1",
+            "tls://x",
+            "tls://:1",
+            "tls://x:y",
+            "tls://a/b:1",
+        ] {
+            assert_eq!(parse_url(bad), None, "{bad}");
+        }
+    }
+}
