@@ -31,6 +31,9 @@ use crate::audit::{write_details, Chain, Detail, ACTOR_SYSTEM};
 use crate::ids;
 use crate::time::Clock;
 
+/// How long acknowledged-segment deletions wait for a decision's commit to ride along with.
+const RELEASE_DELAY: Duration = Duration::from_millis(200);
+
 /// An envelope to spool (owned; the storage record borrows from it).
 #[derive(Debug)]
 pub struct Envelope {
@@ -271,7 +274,30 @@ impl StorageThread {
         while !stopping {
             match rx.recv() {
                 Ok(Msg::Op(op)) => group.push(op),
-                Ok(Msg::Release(seq)) => self.releases.push(seq),
+                Ok(Msg::Release(seq)) => {
+                    // Deletions wait for a decision to share its durable commit; without
+                    // one they are committed alone, without an fsync.
+                    self.releases.push(seq);
+                    let deadline = Instant::now() + RELEASE_DELAY;
+                    loop {
+                        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                            Ok(Msg::Op(op)) => {
+                                group.push(op);
+                                break;
+                            }
+                            Ok(Msg::Release(seq)) => self.releases.push(seq),
+                            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                stopping = true;
+                                break;
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        }
+                    }
+                    if group.is_empty() {
+                        self.commit_releases(stopping);
+                        continue;
+                    }
+                }
                 Ok(Msg::Stop) | Err(_) => break,
             }
             if busy && !self.cfg.max_delay.is_zero() {
@@ -291,6 +317,40 @@ impl StorageThread {
             self.shared.queued.fetch_sub(group.len(), Ordering::Relaxed);
             busy = group.len() > 1;
             self.commit_group(&mut group, &mut outcomes);
+        }
+        self.commit_releases(true);
+    }
+
+    /// Delete acknowledged segments on their own (durably only when stopping).
+    fn commit_releases(&mut self, durable: bool) {
+        if self.releases.is_empty() {
+            return;
+        }
+        let releases = std::mem::take(&mut self.releases);
+        let remove = |b: &mut Batch<'_>| {
+            for seq in &releases {
+                b.spool_remove(*seq)?;
+            }
+            Ok(b.spool_stats())
+        };
+        let result = if durable {
+            self.store.batch(remove)
+        } else {
+            self.store.batch_lazy(remove)
+        };
+        match result {
+            Ok(spool) => {
+                self.shared
+                    .spool_count
+                    .store(spool.count, Ordering::Relaxed);
+                self.shared
+                    .spool_bytes
+                    .store(spool.bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting acknowledged spool segments failed; will retry");
+                self.releases = releases;
+            }
         }
     }
 

@@ -192,21 +192,32 @@ impl ForwardState {
     }
 }
 
-/// One envelope loaded from the spool.
+/// One envelope of a loaded segment: byte ranges into the segment's raw record.
 struct Item {
     kind: EnvelopeKind,
-    msg_id: String,
-    integrity_hash: String,
-    body: Vec<u8>,
+    msg_id: (usize, usize),
+    integrity_hash: (usize, usize),
+    body: (usize, usize),
 }
 
-/// A loaded spool segment and how far it got.
+/// A loaded spool segment (its record as stored) and how far it got.
 struct Segment {
     seq: u64,
     spooled_at: u64,
+    raw: Vec<u8>,
     items: Vec<Item>,
     published: usize,
     acked: usize,
+}
+
+impl Segment {
+    fn text(&self, r: (usize, usize)) -> &str {
+        std::str::from_utf8(&self.raw[r.0..r.1]).unwrap_or("")
+    }
+
+    fn bytes(&self, r: (usize, usize)) -> &[u8] {
+        &self.raw[r.0..r.1]
+    }
 }
 
 /// Resolve the queue host (an IP literal needs no lookup).
@@ -284,35 +295,83 @@ fn subject(cfg: &Config, kind: EnvelopeKind) -> &str {
     }
 }
 
-/// Read segments from `from` on (at most `limit`), skipping ones already released.
+/// Read segments from `from` on (at most `limit`). Envelopes are not copied: each is located
+/// by byte ranges in its segment's record.
 fn load(gw: &Gateway, from: u64, limit: usize) -> Result<Vec<Segment>, NatsError> {
+    let storage =
+        |e: vvgate_storage::StorageError| NatsError::Io(std::io::Error::other(e.to_string()));
     let rows = gw
         .store
         .read()
         .and_then(|r| r.spool_range(from, limit))
-        .map_err(|e| NatsError::Io(std::io::Error::other(e.to_string())))?;
+        .map_err(storage)?;
     let mut out = Vec::with_capacity(rows.len());
     for (seq, raw) in rows {
-        let seg = vvgate_storage::decode_spool(&raw)
-            .map_err(|e| NatsError::Io(std::io::Error::other(e.to_string())))?;
-        out.push(Segment {
-            seq,
-            spooled_at: seg.spooled_at(),
-            items: seg
+        let (spooled_at, items) = {
+            let seg = vvgate_storage::decode_spool(&raw).map_err(storage)?;
+            let base = raw.as_ptr() as usize;
+            let span = |p: &[u8]| {
+                let start = p.as_ptr() as usize - base;
+                (start, start + p.len())
+            };
+            let items = seg
                 .items()
                 .iter()
                 .map(|i| Item {
                     kind: i.kind,
-                    msg_id: i.msg_id.to_owned(),
-                    integrity_hash: i.integrity_hash.to_owned(),
-                    body: i.body.to_vec(),
+                    msg_id: span(i.msg_id.as_bytes()),
+                    integrity_hash: span(i.integrity_hash.as_bytes()),
+                    body: span(i.body),
                 })
-                .collect(),
+                .collect();
+            (seg.spooled_at(), items)
+        };
+        out.push(Segment {
+            seq,
+            spooled_at,
+            raw,
+            items,
             published: 0,
             acked: 0,
         });
     }
     Ok(out)
+}
+
+/// Account for one PubAck; any refusal ends the session (re-publish after reconnect).
+fn on_reply(
+    gw: &Gateway,
+    reply: crate::nats::Reply,
+    inflight: &mut HashMap<u64, u64>,
+    queue: &mut VecDeque<Segment>,
+    tape: &mut Tape,
+) -> Result<(), NatsError> {
+    let Some(seq) = inflight.remove(&reply.id) else {
+        return Ok(());
+    };
+    match jetstream::parse_pub_ack(reply.status, &reply.payload, tape) {
+        PubAck::Stored { duplicate, .. } => {
+            ForwardState::bump(&gw.forward.acked);
+            if duplicate {
+                ForwardState::bump(&gw.forward.duplicates);
+            }
+            if let Some(seg) = queue.iter_mut().find(|s| s.seq == seq) {
+                seg.acked += 1;
+            }
+            Ok(())
+        }
+        PubAck::Error { code, description } => Err(NatsError::JetStream {
+            what: "publish",
+            code,
+            description,
+        }),
+        PubAck::NoResponders => Err(NatsError::JetStream {
+            what: "publish",
+            code: 503,
+            description: "no stream captures the subject".into(),
+        }),
+        PubAck::Malformed(why) => Err(NatsError::Protocol(format!("PubAck: {why}"))),
+    }
 }
 
 async fn session(
@@ -351,23 +410,27 @@ async fn session(
         // Publish up to the window, in spool order.
         for seg in queue.iter_mut() {
             while seg.published < seg.items.len() && inflight.len() < window {
-                let item = &seg.items[seg.published];
-                if item.body.len() + 256 > max_payload {
-                    return Err(NatsError::Protocol(format!(
-                        "envelope {} ({} bytes) exceeds the queue server's max_payload ({max_payload}); raise it",
-                        item.msg_id,
-                        item.body.len()
+                {
+                    let item = &seg.items[seg.published];
+                    let body = seg.bytes(item.body);
+                    let msg_id = seg.text(item.msg_id);
+                    if body.len() + 256 > max_payload {
+                        return Err(NatsError::Protocol(format!(
+                        "envelope {msg_id} ({} bytes) exceeds the queue server's max_payload ({max_payload}); raise it",
+                        body.len()
                     )));
+                    }
+                    let id = conn.next_id();
+                    let mut headers: heapless::Vec<(&str, &str), 3> = heapless::Vec::new();
+                    let _ = headers.push(("Nats-Msg-Id", msg_id));
+                    let _ = headers.push(("Vv-Envelope-Kind", item.kind.as_str()));
+                    let hash = seg.text(item.integrity_hash);
+                    if !hash.is_empty() {
+                        let _ = headers.push(("Vv-Integrity-Hash", hash));
+                    }
+                    conn.queue_hpub(subject(cfg, item.kind), id, &headers, body);
+                    inflight.insert(id, seg.seq);
                 }
-                let id = conn.next_id();
-                let mut headers: heapless::Vec<(&str, &str), 3> = heapless::Vec::new();
-                let _ = headers.push(("Nats-Msg-Id", &item.msg_id));
-                let _ = headers.push(("Vv-Envelope-Kind", item.kind.as_str()));
-                if !item.integrity_hash.is_empty() {
-                    let _ = headers.push(("Vv-Integrity-Hash", &item.integrity_hash));
-                }
-                conn.queue_hpub(subject(cfg, item.kind), id, &headers, &item.body);
-                inflight.insert(id, seg.seq);
                 seg.published += 1;
                 ForwardState::bump(&gw.forward.published);
             }
@@ -411,37 +474,12 @@ async fn session(
             Err(NatsError::Timeout("PubAck"))
         })
         .await?;
-        let Some(reply) = reply else {
-            continue;
-        };
-        let Some(seq) = inflight.remove(&reply.id) else {
-            continue;
-        };
-        match jetstream::parse_pub_ack(reply.status, &reply.payload, &mut tape) {
-            PubAck::Stored { duplicate, .. } => {
-                ForwardState::bump(&gw.forward.acked);
-                if duplicate {
-                    ForwardState::bump(&gw.forward.duplicates);
-                }
-                if let Some(seg) = queue.iter_mut().find(|s| s.seq == seq) {
-                    seg.acked += 1;
-                }
-            }
-            PubAck::Error { code, description } => {
-                return Err(NatsError::JetStream {
-                    what: "publish",
-                    code,
-                    description,
-                })
-            }
-            PubAck::NoResponders => {
-                return Err(NatsError::JetStream {
-                    what: "publish",
-                    code: 503,
-                    description: "no stream captures the subject".into(),
-                })
-            }
-            PubAck::Malformed(why) => return Err(NatsError::Protocol(format!("PubAck: {why}"))),
+        if let Some(reply) = reply {
+            on_reply(gw, reply, &mut inflight, &mut queue, &mut tape)?;
+        }
+        // Everything else that arrived with it, before publishing more and flushing once.
+        while let Some(reply) = conn.buffered_reply()? {
+            on_reply(gw, reply, &mut inflight, &mut queue, &mut tape)?;
         }
         // Release fully acknowledged segments at the front.
         while queue.front().is_some_and(|s| s.acked == s.items.len()) {

@@ -218,9 +218,27 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
+        self.batch_with(redb::Durability::Immediate, f)
+    }
+
+    /// Like [`Store::batch`] without waiting for the disk (`Durability::None`): the changes
+    /// reach the disk with the next durable commit. Only for changes a crash may undo
+    /// harmlessly (deleting spool segments already acknowledged by the queue).
+    pub fn batch_lazy<T>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        self.batch_with(redb::Durability::None, f)
+    }
+
+    fn batch_with<T>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
+        txn.set_durability(durability)?;
         let out = {
             let meta = txn.open_table(META)?;
             let audit_head = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;

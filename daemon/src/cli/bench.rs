@@ -174,6 +174,13 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// The gateway's status line (control socket), if reachable.
+fn status(w: &Where) -> Option<serde_json::Value> {
+    let cfg = w.load().ok()??;
+    let lines = super::control(&cfg.control.socket_path, "{\"cmd\":\"status\"}").ok()??;
+    serde_json::from_str(lines.first()?).ok()
+}
+
 struct ThreadResult {
     latencies_us: Vec<u32>,
     statuses: BTreeMap<u16, u64>,
@@ -291,11 +298,13 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     barrier.wait();
     std::thread::sleep(warm);
     let cpu0 = pid.and_then(proc_stats);
+    let acked0 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let measured_start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(args.duration));
     stop.store(true, Ordering::Relaxed);
     let measured = measured_start.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(proc_stats);
+    let acked1 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let mut lat = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     let mut errors = 0;
@@ -345,13 +354,39 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         _ => 0.0,
     };
     let load_after = loadavg();
+    // With a queue: how far behind the forwarder was, and how long the spool takes to empty.
+    let queue = match (acked0, acked1) {
+        (Some(a0), Some(a1))
+            if status(w).is_some_and(|s| s["forward"]["connected"] == true || a1 > 0) =>
+        {
+            let load_end = Instant::now();
+            let left = status(w)
+                .and_then(|s| s["spool_events"].as_u64())
+                .unwrap_or(0);
+            let mut drained = None;
+            while load_end.elapsed() < Duration::from_secs(60) {
+                if status(w).and_then(|s| s["spool_events"].as_u64()) == Some(0) {
+                    drained = Some(load_end.elapsed().as_secs_f64());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let rate = (a1 - a0) as f64 / measured;
+            Some((rate, left, drained))
+        }
+        _ => None,
+    };
     if args.json {
         println!(
-            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\"}}",
+            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{}}}",
             args.idle,
             pct(0.5),
             pct(0.99),
-            pct(1.0)
+            pct(1.0),
+            queue.map_or("null".to_owned(), |q| format!("{:.1}", q.0)),
+            queue.map_or("null".to_owned(), |q| q.1.to_string()),
+            queue.and_then(|q| q.2).map_or("null".to_owned(), |d| format!("{d:.3}")),
         );
     } else {
         let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
@@ -379,6 +414,12 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             println!(
                 "reference   ring Ed25519 verify of this request: {reference:.1} µs here, now; the gateway used {:.2} of those per request",
                 cpu_us / reference
+            );
+        }
+        if let Some((rate, left, drained)) = queue {
+            println!(
+                "queue       {rate:.0} PubAcks/s during the run; {left} envelopes spooled when the load stopped, spool empty after {}",
+                drained.map_or_else(|| "more than 60 s".to_owned(), |d| format!("{d:.2} s"))
             );
         }
         println!("load        {load_before} -> {load_after}");

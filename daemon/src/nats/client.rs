@@ -229,15 +229,13 @@ impl Connection {
 
     /// Queue `HPUB subject <inbox>.<id>` with headers and payload (sent on [`flush`]).
     pub fn queue_hpub(&mut self, subject: &str, id: u64, headers: &[(&str, &str)], payload: &[u8]) {
-        let mut h = Vec::with_capacity(128);
-        h.extend_from_slice(b"NATS/1.0\r\n");
-        for (k, v) in headers {
-            h.extend_from_slice(k.as_bytes());
-            h.extend_from_slice(b": ");
-            h.extend_from_slice(v.as_bytes());
-            h.extend_from_slice(b"\r\n");
-        }
-        h.extend_from_slice(b"\r\n");
+        // NATS/1.0\r\n, "k: v\r\n" per header, a blank line.
+        let hdr_len = 10
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+            + 2;
         let w = &mut self.wbuf;
         w.extend_from_slice(b"HPUB ");
         w.extend_from_slice(subject.as_bytes());
@@ -246,11 +244,17 @@ impl Connection {
         w.push(b'.');
         crate::json::write_u64(w, id);
         w.push(b' ');
-        crate::json::write_u64(w, u64::try_from(h.len()).unwrap_or(0));
+        crate::json::write_u64(w, u64::try_from(hdr_len).unwrap_or(0));
         w.push(b' ');
-        crate::json::write_u64(w, u64::try_from(h.len() + payload.len()).unwrap_or(0));
+        crate::json::write_u64(w, u64::try_from(hdr_len + payload.len()).unwrap_or(0));
+        w.extend_from_slice(b"\r\nNATS/1.0\r\n");
+        for (k, v) in headers {
+            w.extend_from_slice(k.as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(v.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
         w.extend_from_slice(b"\r\n");
-        w.extend_from_slice(&h);
         w.extend_from_slice(payload);
         w.extend_from_slice(b"\r\n");
     }
@@ -317,74 +321,92 @@ impl Connection {
     /// Wait for the next reply to our inbox (answering server PINGs meanwhile). `None` for
     /// other traffic (PONG, +OK).
     pub async fn next_reply(&mut self) -> Result<Option<Reply>, NatsError> {
-        match self.read_op().await? {
-            Op::Reply(r) => Ok(Some(r)),
-            Op::Err(e) => Err(NatsError::Server(e)),
-            Op::Pong | Op::Other => Ok(None),
+        reply_of(self.read_op().await?)
+    }
+
+    /// The next reply already received and buffered, without reading the socket.
+    pub fn buffered_reply(&mut self) -> Result<Option<Reply>, NatsError> {
+        while let Some(op) = self.parse_buffered()? {
+            if let Some(r) = reply_of(op)? {
+                return Ok(Some(r));
+            }
         }
+        Ok(None)
+    }
+
+    /// Parse one operation from the bytes already read.
+    fn parse_buffered(&mut self) -> Result<Option<Op>, NatsError> {
+        let max = self.info.max_payload.max(1 << 20) + 4096;
+        let (out, used) = match proto::parse(&self.rbuf[..self.rlen], max) {
+            Err(e) => return Err(NatsError::Protocol(e.to_string())),
+            Ok(None) => return Ok(None),
+            Ok(Some((op, used))) => {
+                let out = match op {
+                    ServerOp::Ping => {
+                        self.wbuf.extend_from_slice(b"PONG\r\n");
+                        Op::Other
+                    }
+                    ServerOp::Pong => Op::Pong,
+                    ServerOp::Ok | ServerOp::Info(_) => Op::Other,
+                    ServerOp::Err(e) => Op::Err(e.to_owned()),
+                    ServerOp::Msg(m) => match m
+                        .subject
+                        .strip_prefix(self.inbox.as_str())
+                        .and_then(|t| t.strip_prefix('.'))
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        Some(id) => Op::Reply(Reply {
+                            id,
+                            status: m.status(),
+                            payload: m.payload.to_vec(),
+                        }),
+                        None => Op::Other,
+                    },
+                };
+                (out, used)
+            }
+        };
+        self.rbuf.copy_within(used..self.rlen, 0);
+        self.rlen -= used;
+        Ok(Some(out))
     }
 
     async fn read_op(&mut self) -> Result<Op, NatsError> {
         loop {
-            let parsed = proto::parse(
-                &self.rbuf[..self.rlen],
-                self.info.max_payload.max(1 << 20) + 4096,
-            );
-            match parsed {
-                Err(e) => return Err(NatsError::Protocol(e.to_string())),
-                Ok(Some((op, used))) => {
-                    let out = match op {
-                        ServerOp::Ping => {
-                            self.wbuf.extend_from_slice(b"PONG\r\n");
-                            Op::Other
-                        }
-                        ServerOp::Pong => Op::Pong,
-                        ServerOp::Ok | ServerOp::Info(_) => Op::Other,
-                        ServerOp::Err(e) => Op::Err(e.to_owned()),
-                        ServerOp::Msg(m) => match m
-                            .subject
-                            .strip_prefix(self.inbox.as_str())
-                            .and_then(|t| t.strip_prefix('.'))
-                            .and_then(|t| t.parse::<u64>().ok())
-                        {
-                            Some(id) => Op::Reply(Reply {
-                                id,
-                                status: m.status(),
-                                payload: m.payload.to_vec(),
-                            }),
-                            None => Op::Other,
-                        },
-                    };
-                    self.rbuf.copy_within(used..self.rlen, 0);
-                    self.rlen -= used;
-                    if !self.wbuf.is_empty() && matches!(out, Op::Other) {
-                        self.flush().await?;
-                    }
-                    return Ok(out);
+            if let Some(op) = self.parse_buffered()? {
+                if !self.wbuf.is_empty() && matches!(op, Op::Other) {
+                    self.flush().await?; // a PONG to send
                 }
-                Ok(None) => {
-                    if self.rlen == self.rbuf.len() {
-                        let grow = (self.rbuf.len() * 2)
-                            .min(self.info.max_payload.max(1 << 20) + 2 * MAX_CONTROL_LINE);
-                        if grow <= self.rbuf.len() {
-                            return Err(NatsError::Protocol(
-                                "server message exceeds the buffer".into(),
-                            ));
-                        }
-                        self.rbuf.resize(grow, 0);
-                    }
-                    let n = self
-                        .io
-                        .read(&mut self.rbuf[self.rlen..])
-                        .await
-                        .map_err(NatsError::Io)?;
-                    if n == 0 {
-                        return Err(NatsError::Closed);
-                    }
-                    self.rlen += n;
-                }
+                return Ok(op);
             }
+            if self.rlen == self.rbuf.len() {
+                let grow = (self.rbuf.len() * 2)
+                    .min(self.info.max_payload.max(1 << 20) + 2 * MAX_CONTROL_LINE);
+                if grow <= self.rbuf.len() {
+                    return Err(NatsError::Protocol(
+                        "server message exceeds the buffer".into(),
+                    ));
+                }
+                self.rbuf.resize(grow, 0);
+            }
+            let n = self
+                .io
+                .read(&mut self.rbuf[self.rlen..])
+                .await
+                .map_err(NatsError::Io)?;
+            if n == 0 {
+                return Err(NatsError::Closed);
+            }
+            self.rlen += n;
         }
+    }
+}
+
+fn reply_of(op: Op) -> Result<Option<Reply>, NatsError> {
+    match op {
+        Op::Reply(r) => Ok(Some(r)),
+        Op::Err(e) => Err(NatsError::Server(e)),
+        Op::Pong | Op::Other => Ok(None),
     }
 }
 
