@@ -6,6 +6,9 @@
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
 //! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
 //! | `audit` | u64 entry index (1, 2, 3, …) | the entry's CJSON line |
+//! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
+//! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
+//! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
 //! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
@@ -16,10 +19,12 @@
 
 #![warn(missing_docs)]
 
+mod audit;
 pub mod records;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -31,13 +36,19 @@ pub use records::{
 };
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
 const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
     TableDefinition::new("federation_nonces");
 const SPOOL: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("spool");
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
+const AUDIT_HASHES: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("audit_hashes");
+const AUDIT_HASHES_KEPT: TableDefinition<'static, u64, [u8; 32]> =
+    TableDefinition::new("audit_hashes_kept");
+const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("checkpoints");
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
 
 const META_FORMAT: &str = "format";
@@ -72,6 +83,9 @@ pub enum StorageError {
     /// A redb operation failed (I/O error, disk full, damaged file).
     #[error("database operation failed: {0}")]
     Redb(#[from] redb::Error),
+    /// The Merkle tree over the audit log could not be read or extended.
+    #[error("audit tree: {0}")]
+    Tree(#[from] tree::TreeError),
     /// The database is closed after a failed reopen.
     #[error("the database is closed after an I/O error and could not be reopened")]
     Closed,
@@ -153,6 +167,9 @@ pub struct Store {
     path: PathBuf,
     cache_bytes: usize,
     db: RwLock<Option<Database>>,
+    /// The audit tree's right edge after the last commit; `None` until loaded (and after a
+    /// failed transaction, so that it is read again from what is on disk).
+    frontier: Mutex<Option<tree::Frontier>>,
 }
 
 impl Store {
@@ -163,6 +180,7 @@ impl Store {
             path: path.to_owned(),
             cache_bytes,
             db: RwLock::new(Some(open_db(path, cache_bytes)?)),
+            frontier: Mutex::new(None),
         };
         store.init()?;
         Ok(store)
@@ -195,6 +213,9 @@ impl Store {
             txn.open_table(FED_NONCES)?;
             txn.open_table(SPOOL)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_HASHES)?;
+            txn.open_table(AUDIT_HASHES_KEPT)?;
+            txn.open_table(CHECKPOINTS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_FORMAT)? {
                 Some(v) => Some(decode_u32(v.value())?),
@@ -202,6 +223,12 @@ impl Store {
             };
             match found {
                 Some(FORMAT_VERSION) => {}
+                // Format 2 had no Merkle tree: build it from the entries once.
+                Some(2) => {
+                    let head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
+                    audit::build_tree(&txn, &head)?;
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
                 Some(other) => return Err(StorageError::Format { found: other }),
                 None => {
                     meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
@@ -239,27 +266,42 @@ impl Store {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(durability)?;
-        let out = {
+        let mut slot = self.frontier.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, frontier) = {
             let meta = txn.open_table(META)?;
-            let audit_head = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
+            let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
+            let hashes = txn.open_table(AUDIT_HASHES)?;
+            let kept = txn.open_table(AUDIT_HASHES_KEPT)?;
+            // Taken out of the slot: a failed transaction leaves it empty, to be reloaded.
+            let frontier = match slot.take() {
+                Some(f) if f.size() == audit_head.index => f,
+                _ => tree::Frontier::load(audit_head.index, &audit::Hashes::new(&hashes, &kept))?,
+            };
             let mut b = Batch {
                 nonces: txn.open_table(NONCES)?,
                 fed_nonces: txn.open_table(FED_NONCES)?,
                 spool: txn.open_table(SPOOL)?,
                 audit: txn.open_table(AUDIT)?,
+                hashes,
+                kept,
+                checkpoints: txn.open_table(CHECKPOINTS)?,
                 meta,
                 audit_head,
                 spool_stats,
                 start_head: audit_head,
                 start_stats: spool_stats,
+                frontier,
+                pending: Vec::new(),
                 buf: Vec::with_capacity(256),
             };
             let out = f(&mut b)?;
             b.flush_meta()?;
-            out
+            b.flush_hashes()?;
+            (out, b.frontier)
         };
         txn.commit()?;
+        *slot = Some(frontier);
         Ok(out)
     }
 
@@ -334,11 +376,18 @@ pub struct Batch<'t> {
     fed_nonces: Table<'t, [u8; 24], &'static [u8]>,
     spool: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
+    hashes: Table<'t, u64, &'static [u8]>,
+    kept: Table<'t, u64, [u8; 32]>,
+    checkpoints: Table<'t, u64, &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     audit_head: AuditHead,
     spool_stats: SpoolStats,
     start_head: AuditHead,
     start_stats: SpoolStats,
+    /// The tree after this transaction's appends.
+    frontier: tree::Frontier,
+    /// Hashes stored by this transaction's appends, from `stored_hash_count(start_head.index)`.
+    pending: Vec<tree::Hash>,
     buf: Vec<u8>,
 }
 
@@ -431,11 +480,21 @@ impl<'t> Batch<'t> {
         self.audit_head
     }
 
-    /// Append audit entry `head.index` (its CJSON line) and move the head to `head`.
-    /// The caller computes the chain; indexes must be contiguous.
+    /// Append audit entry `head.index` (its CJSON line, which is also its Merkle leaf) and
+    /// move the head to `head`. The caller computes the chain; indexes must be contiguous.
     pub fn audit_append(&mut self, head: AuditHead, line: &[u8]) -> Result<(), StorageError> {
-        debug_assert_eq!(head.index, self.audit_head.index + 1);
+        if head.index != self.audit_head.index + 1 {
+            return Err(StorageError::Corrupt {
+                what: "audit head",
+                detail: format!(
+                    "append of entry {} after entry {}",
+                    head.index, self.audit_head.index
+                ),
+            });
+        }
         self.audit.insert(head.index, line)?;
+        self.frontier
+            .append(tree::leaf_hash(line), &mut self.pending);
         self.audit_head = head;
         Ok(())
     }

@@ -1,3 +1,5 @@
+#![allow(clippy::cast_possible_truncation)] // small test sizes index vectors
+
 use super::*;
 
 fn temp_store() -> (tempdir::Dir, Store) {
@@ -209,4 +211,149 @@ fn reopen_keeps_committed_data() {
         .nonce_get(NonceSpace::Telemetry, &nonce_key(7, "n"))
         .unwrap()
         .is_some());
+}
+
+fn append_entries(store: &Store, lines: std::ops::Range<u64>) {
+    store
+        .batch(|b| {
+            for i in lines {
+                let mut head = b.audit_head();
+                head.index += 1;
+                assert_eq!(head.index, i);
+                b.audit_append(head, format!("{{\"index\":{i}}}").as_bytes())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn memory_tree(n: u64) -> (Vec<tree::Hash>, Vec<tree::Hash>) {
+    let mut f = tree::Frontier::default();
+    let (mut stored, mut roots) = (Vec::new(), vec![tree::EMPTY_ROOT]);
+    for i in 1..=n {
+        f.append(
+            tree::leaf_hash(format!("{{\"index\":{i}}}").as_bytes()),
+            &mut stored,
+        );
+        roots.push(f.root());
+    }
+    (stored, roots)
+}
+
+#[test]
+fn the_tree_follows_the_log_across_batches_blocks_and_failures() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(&path, 1 << 20).unwrap();
+    let mut next = 1u64;
+    for (k, size) in [1u64, 2, 1, 300, 7, 256, 33, 400].into_iter().enumerate() {
+        append_entries(&store, next..next + size);
+        next += size;
+        if k == 3 {
+            // A failed transaction leaves the tree as it was.
+            let r: Result<(), StorageError> = store.batch(|b| {
+                let mut head = b.audit_head();
+                head.index += 1;
+                b.audit_append(head, b"lost")?;
+                Err(StorageError::Closed)
+            });
+            assert!(r.is_err());
+        }
+    }
+    let n = next - 1;
+    let (stored, roots) = memory_tree(n);
+    let check = |store: &Store| {
+        let r = store.read().unwrap();
+        for size in [0, 1, 2, 3, 4, 5, 255, 256, 257, 511, 512, 999, n] {
+            assert_eq!(
+                r.tree_hash(size).unwrap(),
+                roots[size as usize],
+                "size {size}"
+            );
+        }
+        let (size, root) = store.batch(|b| Ok(b.audit_tree())).unwrap();
+        assert_eq!((size, root), (n, roots[n as usize]));
+        for (size, index) in [(n, 1), (n, n), (500, 257), (3, 2)] {
+            let p = r.prove_entry(size, index).unwrap();
+            assert_eq!(
+                p,
+                tree::prove_record(size, index - 1, stored.as_slice()).unwrap()
+            );
+            let leaf = tree::leaf_hash(format!("{{\"index\":{index}}}").as_bytes());
+            tree::check_record(&p, size, &roots[size as usize], index - 1, &leaf).unwrap();
+        }
+        let p = r.prove_consistency(n, 300).unwrap();
+        tree::check_tree(&p, n, &roots[n as usize], 300, &roots[300]).unwrap();
+        assert!(matches!(
+            r.prove_entry(n, n + 1),
+            Err(StorageError::Tree(tree::TreeError::BadRequest(_)))
+        ));
+        assert!(matches!(
+            r.prove_entry(n + 1, 1),
+            Err(StorageError::Tree(tree::TreeError::BadRequest(_)))
+        ));
+        assert!(r.prove_consistency(10, 0).is_err());
+    };
+    check(&store);
+    drop(store);
+    // Reopened: the frontier is read back from the blocks.
+    let store = Store::open(&path, 1 << 20).unwrap();
+    check(&store);
+    append_entries(&store, next..next + 5);
+    let (_, roots) = memory_tree(n + 5);
+    assert_eq!(
+        store.read().unwrap().tree_hash(n + 5).unwrap(),
+        roots[(n + 5) as usize]
+    );
+}
+
+#[test]
+fn a_format_2_database_gets_its_tree_built() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path, 1 << 20).unwrap();
+        append_entries(&store, 1..600);
+    }
+    {
+        // What format 2 looked like: entries, no tree.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(AUDIT_HASHES).unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_FORMAT, 2u32.to_be_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, 1 << 20).unwrap();
+    let (_, roots) = memory_tree(599);
+    assert_eq!(store.read().unwrap().tree_hash(599).unwrap(), roots[599]);
+    assert_eq!(store.read().unwrap().tree_hash(77).unwrap(), roots[77]);
+}
+
+#[test]
+fn checkpoints_are_kept_by_size() {
+    let (_d, store) = temp_store();
+    append_entries(&store, 1..4);
+    store
+        .batch(|b| {
+            b.checkpoint_put(3, b"note 3")?;
+            b.checkpoint_put(1, b"note 1")?;
+            assert_eq!(b.checkpoint_latest()?, Some((3, b"note 3".to_vec())));
+            Ok(())
+        })
+        .unwrap();
+    store
+        .batch(|b| b.checkpoint_put(3, b"note 3 cosigned"))
+        .unwrap();
+    let r = store.read().unwrap();
+    assert_eq!(
+        r.checkpoint_latest().unwrap(),
+        Some((3, b"note 3 cosigned".to_vec()))
+    );
+    assert_eq!(r.checkpoints(2, 10).unwrap().len(), 1);
+    assert_eq!(r.checkpoint_at(1).unwrap(), Some(b"note 1".to_vec()));
+    assert_eq!(r.checkpoint_at(2).unwrap(), None);
 }

@@ -1,0 +1,269 @@
+//! The audit log's Merkle tree and checkpoints in redb.
+//!
+//! Stored hashes ([`crate::tree`]) are written in blocks of 256 (8 KiB) keyed by
+//! `stored index / 256`: a group commit of a few hundred entries rewrites one or two blocks
+//! instead of inserting two rows per entry. Blocks below a pruning point are deleted once the
+//! few high-level hashes later proofs still need are copied to `audit_hashes_kept`.
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use crate::tree::{self, Frontier, Hash, HashSource, TreeError};
+use crate::{
+    AuditHead, Batch, Reader, StorageError, AUDIT, AUDIT_HASHES, AUDIT_HASHES_KEPT, CHECKPOINTS,
+};
+
+/// Stored hashes per block.
+pub(crate) const BLOCK: u64 = 256;
+const HASH: usize = 32;
+
+/// Stored hashes read from the block table, falling back to the kept hashes of pruned blocks.
+pub(crate) struct Hashes<'a, B, K> {
+    blocks: &'a B,
+    kept: &'a K,
+}
+
+impl<'a, B, K> Hashes<'a, B, K>
+where
+    B: ReadableTable<u64, &'static [u8]>,
+    K: ReadableTable<u64, [u8; 32]>,
+{
+    pub(crate) fn new(blocks: &'a B, kept: &'a K) -> Self {
+        Self { blocks, kept }
+    }
+
+    fn read_one(&self, index: u64, cache: &mut Option<(u64, Vec<u8>)>) -> Result<Hash, TreeError> {
+        let read = |e: redb::StorageError| TreeError::Read(e.to_string());
+        let block = index / BLOCK;
+        if cache.as_ref().is_none_or(|(b, _)| *b != block) {
+            let data = self.blocks.get(block).map_err(read)?;
+            *cache = data.map(|d| (block, d.value().to_vec()));
+        }
+        if let Some((b, data)) = cache.as_ref() {
+            if *b == block {
+                let off = usize::try_from(index % BLOCK).unwrap_or(usize::MAX) * HASH;
+                if let Some(h) = data.get(off..off + HASH) {
+                    let mut out = [0u8; 32];
+                    out.copy_from_slice(h);
+                    return Ok(out);
+                }
+            }
+        }
+        match self.kept.get(index).map_err(read)? {
+            Some(h) => Ok(h.value()),
+            None => Err(TreeError::Missing(index)),
+        }
+    }
+}
+
+impl<B, K> HashSource for Hashes<'_, B, K>
+where
+    B: ReadableTable<u64, &'static [u8]>,
+    K: ReadableTable<u64, [u8; 32]>,
+{
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, TreeError> {
+        let mut cache = None;
+        indexes
+            .iter()
+            .map(|&i| self.read_one(i, &mut cache))
+            .collect()
+    }
+}
+
+/// Append `hashes` at stored index `start` to the block table.
+fn write_hashes(
+    blocks: &mut Table<'_, u64, &'static [u8]>,
+    mut start: u64,
+    mut hashes: &[Hash],
+) -> Result<(), StorageError> {
+    let mut data = Vec::with_capacity(8192);
+    while !hashes.is_empty() {
+        let block = start / BLOCK;
+        let off = start % BLOCK;
+        data.clear();
+        if off > 0 {
+            if let Some(v) = blocks.get(block)? {
+                data.extend_from_slice(v.value());
+            }
+            if data.len() as u64 != off * HASH as u64 {
+                return Err(StorageError::Corrupt {
+                    what: "audit tree block",
+                    detail: format!(
+                        "block {block} holds {} bytes, expected {}",
+                        data.len(),
+                        off * HASH as u64
+                    ),
+                });
+            }
+        }
+        let take = usize::try_from((BLOCK - off).min(hashes.len() as u64)).unwrap_or(0);
+        for h in &hashes[..take] {
+            data.extend_from_slice(h);
+        }
+        blocks.insert(block, data.as_slice())?;
+        start += take as u64;
+        hashes = &hashes[take..];
+    }
+    Ok(())
+}
+
+/// Build the tree from the entries of a format-2 database (once, at upgrade).
+pub(crate) fn build_tree(txn: &WriteTransaction, head: &AuditHead) -> Result<(), StorageError> {
+    let audit = txn.open_table(AUDIT)?;
+    let mut blocks = txn.open_table(AUDIT_HASHES)?;
+    let mut frontier = Frontier::default();
+    let mut pending = Vec::new();
+    for row in audit.iter()? {
+        let (k, v) = row?;
+        if k.value() != frontier.size() + 1 {
+            return Err(StorageError::Corrupt {
+                what: "audit entry",
+                detail: format!("entry {} follows entry {}", k.value(), frontier.size()),
+            });
+        }
+        let start = tree::stored_hash_count(frontier.size());
+        pending.clear();
+        frontier.append(tree::leaf_hash(v.value()), &mut pending);
+        write_hashes(&mut blocks, start, &pending)?;
+    }
+    if frontier.size() != head.index {
+        return Err(StorageError::Corrupt {
+            what: "audit head",
+            detail: format!(
+                "head says {} entries, the table holds {}",
+                head.index,
+                frontier.size()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Batch<'_> {
+    /// Write the hashes this transaction's appends stored.
+    pub(crate) fn flush_hashes(&mut self) -> Result<(), StorageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let start = tree::stored_hash_count(self.start_head.index);
+        write_hashes(&mut self.hashes, start, &self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// The tree as this transaction leaves it: (size, root).
+    pub fn audit_tree(&self) -> (u64, Hash) {
+        (self.frontier.size(), self.frontier.root())
+    }
+
+    /// The root of the first `size` entries, as stored before this transaction (`size` at
+    /// most the tree size at its start).
+    pub fn audit_tree_hash(&self, size: u64) -> Result<Hash, StorageError> {
+        if size > self.start_head.index {
+            return Err(TreeError::BadRequest(format!(
+                "tree size {size} is beyond the committed log ({})",
+                self.start_head.index
+            ))
+            .into());
+        }
+        Ok(tree::tree_hash(
+            size,
+            &Hashes::new(&self.hashes, &self.kept),
+        )?)
+    }
+
+    /// Store (or replace, when cosignatures were added) the checkpoint note of `size`.
+    pub fn checkpoint_put(&mut self, size: u64, note: &[u8]) -> Result<(), StorageError> {
+        self.checkpoints.insert(size, note)?;
+        Ok(())
+    }
+
+    /// The checkpoint note of `size`, if one was signed.
+    pub fn checkpoint_get(&self, size: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.checkpoints.get(size)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The newest checkpoint: (size, note).
+    pub fn checkpoint_latest(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        Ok(self
+            .checkpoints
+            .last()?
+            .map(|(k, v)| (k.value(), v.value().to_vec())))
+    }
+}
+
+impl Reader {
+    fn with_hashes<T>(
+        &self,
+        f: impl FnOnce(
+            &Hashes<'_, redb::ReadOnlyTable<u64, &'static [u8]>, redb::ReadOnlyTable<u64, [u8; 32]>>,
+        ) -> Result<T, TreeError>,
+    ) -> Result<T, StorageError> {
+        let blocks = self.txn.open_table(AUDIT_HASHES)?;
+        let kept = self.txn.open_table(AUDIT_HASHES_KEPT)?;
+        Ok(f(&Hashes::new(&blocks, &kept))?)
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), StorageError> {
+        let head = self.audit_head()?;
+        if size > head.index {
+            return Err(TreeError::BadRequest(format!(
+                "tree size {size} is beyond the log, which has {} entries",
+                head.index
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The root of the first `size` entries.
+    pub fn tree_hash(&self, size: u64) -> Result<Hash, StorageError> {
+        self.check_size(size)?;
+        self.with_hashes(|h| tree::tree_hash(size, h))
+    }
+
+    /// The inclusion proof of entry `index` (1-based) in the tree of `size` entries.
+    pub fn prove_entry(&self, size: u64, index: u64) -> Result<Vec<Hash>, StorageError> {
+        self.check_size(size)?;
+        if index == 0 || index > size {
+            return Err(TreeError::BadRequest(format!(
+                "entry {index} is not in a tree of {size} entries (indexes start at 1)"
+            ))
+            .into());
+        }
+        self.with_hashes(|h| tree::prove_record(size, index - 1, h))
+    }
+
+    /// The consistency proof from the tree of `old` entries to the tree of `size` entries.
+    pub fn prove_consistency(&self, size: u64, old: u64) -> Result<Vec<Hash>, StorageError> {
+        self.check_size(size)?;
+        self.with_hashes(|h| tree::prove_tree(size, old, h))
+    }
+
+    /// Up to `limit` checkpoints (size, note) with size ≥ `from`, oldest first.
+    pub fn checkpoints(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let table = self.txn.open_table(CHECKPOINTS)?;
+        let mut out = Vec::new();
+        for item in table.range(from..)?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The newest checkpoint (size, note).
+    pub fn checkpoint_latest(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let table = self.txn.open_table(CHECKPOINTS)?;
+        let last = table.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+        Ok(last)
+    }
+
+    /// The checkpoint of exactly `size` entries.
+    pub fn checkpoint_at(&self, size: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let table = self.txn.open_table(CHECKPOINTS)?;
+        Ok(table.get(size)?.map(|v| v.value().to_vec()))
+    }
+}
