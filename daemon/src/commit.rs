@@ -18,15 +18,17 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
+use vvgate_hsm::RecordSigner;
 use vvgate_storage::{
     Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolItem, SpoolSegment, StorageError,
     Store,
 };
 
+use crate::audit::checkpoint::{self, Checkpoint};
 use crate::audit::{write_details, Chain, Detail, ACTOR_SYSTEM};
 use crate::ids;
 use crate::time::Clock;
@@ -109,6 +111,55 @@ pub struct Shared {
     pub spooled: event_listener::Event,
     /// Sequence number the next spool segment will get.
     pub spool_next_seq: AtomicU64,
+    /// Tree size of the newest signed checkpoint (0: none yet).
+    pub checkpoint_size: AtomicU64,
+    pub checkpoints_signed: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    /// Set when the stored audit log contradicts itself or its checkpoints; never cleared
+    /// while running (readiness `audit_log_corrupt`).
+    pub audit_corrupt: AtomicBool,
+    audit_problem: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Why the audit log is not trustworthy, if it is not.
+    pub fn audit_problem(&self) -> Option<String> {
+        if !self.audit_corrupt.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.audit_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_audit_problem(&self, problem: String) {
+        let mut slot = self.audit_problem.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            tracing::error!(problem = %problem, "audit log integrity check failed; the gateway is not ready");
+            *slot = Some(problem);
+            self.audit_corrupt.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How checkpoints are signed (CONTRACT.md §6.5).
+#[derive(Clone)]
+pub struct CheckpointSetup {
+    pub origin: String,
+    pub interval: Duration,
+    pub signer: Arc<dyn RecordSigner>,
+    /// Witnesses whose cosignatures are stored.
+    pub witnesses: Vec<checkpoint::VerifierKey>,
+}
+
+impl std::fmt::Debug for CheckpointSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSetup")
+            .field("origin", &self.origin)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The storage thread's settings.
@@ -121,6 +172,8 @@ pub struct CommitConfig {
     pub spool_max_bytes: u64,
     /// Nonces with a signed timestamp older than `now - nonce_retention_secs` are deleted.
     pub nonce_retention_secs: u64,
+    /// Signed checkpoints; `None` only in unit tests.
+    pub checkpoint: Option<CheckpointSetup>,
 }
 
 /// What travels to the storage thread.
@@ -129,6 +182,11 @@ enum Msg {
     Op(Op),
     /// Delete a spool segment whose envelopes were all acknowledged by the queue.
     Release(u64),
+    /// Sign a checkpoint now if the log grew since the last one; answers with the newest
+    /// checkpoint's tree size.
+    Checkpoint(oneshot::Sender<Result<u64, String>>),
+    /// Add a witness's cosignatures to the stored checkpoint they cosign.
+    Cosign(Vec<u8>, oneshot::Sender<Result<usize, String>>),
     /// Commit what is queued, then exit.
     Stop,
 }
@@ -183,6 +241,28 @@ impl Committer {
         self.tx.try_send(Msg::Release(seq)).is_ok()
     }
 
+    /// Sign a checkpoint of everything committed so far (if the log grew since the last one).
+    /// Returns the newest checkpoint's tree size.
+    pub async fn checkpoint(&self) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(tx))
+            .map_err(|_| "the storage thread has stopped".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the storage thread has stopped".into()))
+    }
+
+    /// Store the verified witness cosignatures of a cosigned checkpoint note. Returns how
+    /// many were new.
+    pub async fn cosign(&self, note: Vec<u8>) -> Result<usize, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Cosign(note, tx))
+            .map_err(|_| "the storage thread has stopped".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("the storage thread has stopped".into()))
+    }
+
     /// Ask the storage thread to commit everything queued so far and exit. Ops submitted
     /// after this are not committed (their senders get `Failed`).
     pub fn close(&self) {
@@ -208,6 +288,9 @@ pub fn start(
         }
         if let Ok(h) = r.audit_head() {
             shared.audit_index.store(h.index, Ordering::Relaxed);
+        }
+        if let Ok(Some((size, _))) = r.checkpoint_latest() {
+            shared.checkpoint_size.store(size, Ordering::Relaxed);
         }
     }
     shared.healthy.store(true, Ordering::Relaxed);
@@ -240,6 +323,8 @@ struct StorageThread {
     /// Requests answered 503 because a commit failed, not yet recorded in the log.
     unrecorded_failures: u64,
     last_error: String,
+    /// When a checkpoint was last signed or attempted.
+    last_checkpoint: Instant,
 }
 
 impl StorageThread {
@@ -257,6 +342,143 @@ impl StorageThread {
             releases: Vec::new(),
             unrecorded_failures: 0,
             last_error: String::new(),
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    /// How long until a checkpoint is due; `None` when none is needed (nothing new to sign,
+    /// or no checkpoint key).
+    fn checkpoint_due_in(&self) -> Option<Duration> {
+        let setup = self.cfg.checkpoint.as_ref()?;
+        let s = &self.shared;
+        if s.audit_index.load(Ordering::Relaxed) == s.checkpoint_size.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(
+            setup
+                .interval
+                .saturating_sub(self.last_checkpoint.elapsed()),
+        )
+    }
+
+    /// Merge a witness's cosignatures into the stored checkpoint they cosign.
+    fn cosign(&mut self, received: &[u8]) -> Result<usize, String> {
+        let Some(setup) = self.cfg.checkpoint.as_ref() else {
+            return Err("no checkpoint key".into());
+        };
+        if setup.witnesses.is_empty() {
+            return Err("no witness keys are configured ([audit] witness_keys)".into());
+        }
+        let keys = checkpoint::Keys::new(&[], &setup.witnesses);
+        let size = signed_note::Note::from_bytes(received)
+            .ok()
+            .and_then(|n| Checkpoint::parse(n.text()).ok())
+            .ok_or("not a signed checkpoint note")?
+            .size;
+        let stored = self
+            .store
+            .read()
+            .and_then(|r| r.checkpoint_at(size))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("this gateway signed no checkpoint of size {size}"))?;
+        let (merged, added) =
+            checkpoint::merge_cosignatures(&stored, received, &keys).map_err(|e| e.to_string())?;
+        if added > 0 {
+            self.store
+                .batch(|b| b.checkpoint_put(size, &merged))
+                .map_err(|e| e.to_string())?;
+            tracing::info!(size, added, "witness cosignatures stored");
+        }
+        Ok(added)
+    }
+
+    /// Sign a checkpoint of the committed log if it grew, store it and spool it for the queue
+    /// in one durable transaction. Never signs a tree that does not extend the previous
+    /// checkpoint (a log must not sign two inconsistent checkpoints).
+    fn checkpoint(&mut self) -> Result<u64, String> {
+        self.last_checkpoint = Instant::now();
+        let Some(setup) = self.cfg.checkpoint.clone() else {
+            return Err("no checkpoint key".into());
+        };
+        let signed = self.shared.checkpoint_size.load(Ordering::Relaxed);
+        let r = self.store.read().map_err(|e| e.to_string())?;
+        let size = r.audit_head().map_err(|e| e.to_string())?.index;
+        if size == 0 || size == signed {
+            return Ok(signed);
+        }
+        if let Some(problem) = self.shared.audit_problem() {
+            return Err(format!("not signing: {problem}"));
+        }
+        let root = r.tree_hash(size).map_err(|e| e.to_string())?;
+        if let Some((last_size, note)) = r.checkpoint_latest().map_err(|e| e.to_string())? {
+            let consistent = match signed_note::Note::from_bytes(&note)
+                .ok()
+                .and_then(|n| Checkpoint::parse(n.text()).ok())
+            {
+                Some(last) if last.size == last_size && last_size <= size => {
+                    r.tree_hash(last_size).map_err(|e| e.to_string())? == last.root
+                }
+                _ => false,
+            };
+            if !consistent {
+                let problem = format!(
+                    "the log of {size} entries does not extend the checkpoint of {last_size} entries"
+                );
+                self.shared.set_audit_problem(problem.clone());
+                return Err(problem);
+            }
+        }
+        drop(r);
+        let cp = Checkpoint {
+            origin: setup.origin.clone(),
+            size,
+            root,
+        };
+        let note = match checkpoint::sign(&cp, setup.signer.as_ref()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.shared
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, size, "signing the audit checkpoint failed; retrying at the next interval");
+                return Err(e.to_string());
+            }
+        };
+        let msg_id = format!("{}/{size}", setup.origin);
+        let now = self.clock.now();
+        let stored = self.store.batch(|b| {
+            b.checkpoint_put(size, &note)?;
+            // Checkpoints pass the spool limits: they are small, rare, and must not be lost.
+            b.spool_push(&SpoolSegment::V1 {
+                spooled_at: now.0,
+                items: vec![SpoolItem {
+                    kind: EnvelopeKind::Checkpoint,
+                    msg_id: &msg_id,
+                    integrity_hash: "",
+                    body: &note,
+                }],
+            })?;
+            Ok(b.spool_stats())
+        });
+        match stored {
+            Ok(spool) => {
+                let s = &self.shared;
+                s.spool_count.store(spool.count, Ordering::Relaxed);
+                s.spool_bytes.store(spool.bytes, Ordering::Relaxed);
+                s.spool_next_seq.store(spool.next_seq, Ordering::Relaxed);
+                s.checkpoint_size.store(size, Ordering::Relaxed);
+                s.checkpoints_signed.fetch_add(1, Ordering::Relaxed);
+                s.spooled.notify(usize::MAX);
+                tracing::debug!(size, "audit checkpoint signed");
+                Ok(size)
+            }
+            Err(e) => {
+                self.shared
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, size, "storing the audit checkpoint failed; retrying at the next interval");
+                Err(e.to_string())
+            }
         }
     }
 
@@ -269,10 +491,27 @@ impl StorageThread {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut group: Vec<Op> = Vec::with_capacity(self.cfg.max_requests);
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.cfg.max_requests);
+        let mut waiting: Vec<oneshot::Sender<Result<u64, String>>> = Vec::new();
         let mut busy = false;
         let mut stopping = false;
         while !stopping {
-            match rx.recv() {
+            let next = match self.checkpoint_due_in() {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(wait) => rx.recv_timeout(wait),
+            };
+            match next {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.checkpoint();
+                    continue;
+                }
+                Ok(Msg::Checkpoint(reply)) => {
+                    let _ = reply.send(self.checkpoint());
+                    continue;
+                }
+                Ok(Msg::Cosign(note, reply)) => {
+                    let _ = reply.send(self.cosign(&note));
+                    continue;
+                }
                 Ok(Msg::Op(op)) => group.push(op),
                 Ok(Msg::Release(seq)) => {
                     // Deletions wait for a decision to share its durable commit; without
@@ -286,6 +525,12 @@ impl StorageThread {
                                 break;
                             }
                             Ok(Msg::Release(seq)) => self.releases.push(seq),
+                            Ok(Msg::Checkpoint(reply)) => {
+                                let _ = reply.send(self.checkpoint());
+                            }
+                            Ok(Msg::Cosign(note, reply)) => {
+                                let _ = reply.send(self.cosign(&note));
+                            }
                             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                                 stopping = true;
                                 break;
@@ -298,7 +543,7 @@ impl StorageThread {
                         continue;
                     }
                 }
-                Ok(Msg::Stop) | Err(_) => break,
+                Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if busy && !self.cfg.max_delay.is_zero() {
                 std::thread::sleep(self.cfg.max_delay);
@@ -307,6 +552,11 @@ impl StorageThread {
                 match rx.try_recv() {
                     Ok(Msg::Op(op)) => group.push(op),
                     Ok(Msg::Release(seq)) => self.releases.push(seq),
+                    // Answered after this group, so that it covers it.
+                    Ok(Msg::Checkpoint(reply)) => waiting.push(reply),
+                    Ok(Msg::Cosign(note, reply)) => {
+                        let _ = reply.send(self.cosign(&note));
+                    }
                     Ok(Msg::Stop) => {
                         stopping = true;
                         break;
@@ -317,8 +567,18 @@ impl StorageThread {
             self.shared.queued.fetch_sub(group.len(), Ordering::Relaxed);
             busy = group.len() > 1;
             self.commit_group(&mut group, &mut outcomes);
+            if !waiting.is_empty() || self.checkpoint_due_in() == Some(Duration::ZERO) {
+                let r = self.checkpoint();
+                for reply in waiting.drain(..) {
+                    let _ = reply.send(r.clone());
+                }
+            }
         }
         self.commit_releases(true);
+        // The last checkpoint covers everything committed before the stop.
+        if self.checkpoint_due_in().is_some() {
+            let _ = self.checkpoint();
+        }
     }
 
     /// Delete acknowledged segments on their own (durably only when stopping).

@@ -2,7 +2,10 @@
 //! One JSON request line in, JSON lines out, then the connection closes.
 //!
 //! Commands: `{"cmd":"status"}`, `{"cmd":"spool_tail","limit":N}`,
-//! `{"cmd":"audit_export","from":N}`. Reads run in bounded chunks on the event loop.
+//! `{"cmd":"audit_export","from":N}`, `{"cmd":"audit_checkpoints","from":N}`,
+//! `{"cmd":"audit_checkpoint","now":B}`, `{"cmd":"audit_prove","index":N,"size":M}`,
+//! `{"cmd":"audit_consistency","from":N,"to":M}`, `{"cmd":"audit_cosign","note":"…"}`.
+//! Reads run in bounded chunks on the event loop; writes go through the storage thread.
 //! Also here: `sd_notify` for systemd.
 
 use std::os::unix::fs::PermissionsExt;
@@ -95,6 +98,17 @@ pub async fn serve(
     }
 }
 
+/// The longest request line (a cosigned checkpoint note fits).
+const MAX_REQUEST: usize = 80 * 1024;
+
+/// One JSON line: the answer, or `{"error":"…"}`.
+fn answer(r: Result<serde_json::Value, String>) -> Vec<u8> {
+    let v = r.unwrap_or_else(|e| serde_json::json!({ "error": e }));
+    let mut out = serde_json::to_vec(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
 async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.clone());
     let mut line = String::new();
@@ -107,7 +121,7 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
     )
     .await?;
     let mut out = stream;
-    if read.is_none() || line.len() > 4096 {
+    if read.is_none() || line.len() > MAX_REQUEST {
         return out
             .write_all(b"{\"error\":\"request line missing or too long\"}\n")
             .await;
@@ -145,6 +159,61 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
             .await
         }
         "audit_export" => audit_export(gw, &mut out, num("from", 1).max(1)).await,
+        "audit_checkpoints" => {
+            let r = gw.store.read().map_err(|e| e.to_string()).and_then(|r| {
+                crate::audit::query::checkpoints(&r, num("from", 0), 100_000)
+                    .map_err(|e| e.to_string())
+            });
+            match r {
+                Ok(list) => {
+                    let mut buf = Vec::new();
+                    for v in list {
+                        buf.extend(answer(Ok(v)));
+                    }
+                    out.write_all(&buf).await
+                }
+                Err(e) => out.write_all(&answer(Err(e))).await,
+            }
+        }
+        "audit_checkpoint" => {
+            let flag = |name| {
+                doc.get(Doc::ROOT, name)
+                    .is_some_and(|i| doc.kind(i) == Kind::Bool && doc.raw(i) == "true")
+            };
+            let r = audit_checkpoint(gw, flag("now"), flag("vkey_only")).await;
+            out.write_all(&answer(r)).await
+        }
+        "audit_prove" => {
+            let size = doc.get(Doc::ROOT, "size").map(|_| num("size", 0));
+            let r = gw.store.read().map_err(|e| e.to_string()).and_then(|r| {
+                crate::audit::query::prove(&r, num("index", 0), size)
+                    .map(|i| i.to_json())
+                    .map_err(|e| e.to_string())
+            });
+            out.write_all(&answer(r)).await
+        }
+        "audit_consistency" => {
+            let to = doc.get(Doc::ROOT, "to").map(|_| num("to", 0));
+            let r = gw.store.read().map_err(|e| e.to_string()).and_then(|r| {
+                crate::audit::query::consistency(&r, num("from", 0), to).map_err(|e| e.to_string())
+            });
+            out.write_all(&answer(r)).await
+        }
+        "audit_cosign" => {
+            let note = doc
+                .get(Doc::ROOT, "note")
+                .filter(|&i| doc.kind(i) == Kind::Str)
+                .map(|i| doc.str(i).into_owned().into_bytes());
+            let r = match note {
+                None => Err("audit_cosign needs \"note\": the cosigned checkpoint".to_string()),
+                Some(n) => gw
+                    .committer
+                    .cosign(n)
+                    .await
+                    .map(|added| serde_json::json!({ "added": added })),
+            };
+            out.write_all(&answer(r)).await
+        }
         _ => out.write_all(b"{\"error\":\"unknown command\"}\n").await,
     }
 }
@@ -154,6 +223,18 @@ fn status(gw: &Gateway, buf: &mut Vec<u8>) {
     let reasons = gw.readiness();
     let mut w = Cjson::new(buf);
     w.begin_obj()
+        .key("audit")
+        .begin_obj()
+        .key("checkpoint_size")
+        .u64(s.checkpoint_size.load(Ordering::Relaxed))
+        .key("problem");
+    match s.audit_problem() {
+        Some(p) => w.str(&p),
+        None => w.null(),
+    };
+    w.key("vkey")
+        .str(&gw.audit_vkey)
+        .end_obj()
         .key("audit_entries")
         .u64(s.audit_index.load(Ordering::Relaxed))
         .key("connections")
@@ -260,6 +341,34 @@ pub fn tail_lines(
         out.push(b'\n');
     }
     Ok(())
+}
+
+/// The newest checkpoint (after signing one when `now`) with the log's verifier key.
+async fn audit_checkpoint(
+    gw: &Gateway,
+    now: bool,
+    vkey_only: bool,
+) -> Result<serde_json::Value, String> {
+    let vkey = gw.audit_vkey.clone();
+    if vkey_only {
+        return Ok(serde_json::json!({ "vkey": vkey }));
+    }
+    if now {
+        gw.committer.checkpoint().await?;
+    }
+    let latest = gw
+        .store
+        .read()
+        .and_then(|r| r.checkpoint_latest())
+        .map_err(|e| e.to_string())?;
+    match latest {
+        Some((size, note)) => Ok(serde_json::json!({
+            "size": size,
+            "note": String::from_utf8_lossy(&note),
+            "vkey": vkey,
+        })),
+        None => Err(crate::audit::query::QueryError::NoCheckpoint.to_string()),
+    }
 }
 
 async fn audit_export(gw: &Gateway, out: &mut UnixStream, from: u64) -> std::io::Result<()> {

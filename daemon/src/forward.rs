@@ -157,7 +157,11 @@ pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, Forw
         port,
         spec: StreamSpec {
             name: n.stream.clone(),
-            subjects: vec![cfg.queue_subject.clone(), cfg.dlq_subject.clone()],
+            subjects: vec![
+                cfg.queue_subject.clone(),
+                cfg.dlq_subject.clone(),
+                cfg.audit.checkpoint_subject.clone(),
+            ],
             min_duplicate_window: Duration::from_secs(retention),
         },
         create_stream: n.create_stream,

@@ -57,6 +57,8 @@ pub struct Gateway {
     tls_rejects: RefCell<BTreeMap<&'static str, u64>>,
     default_body_limit: bool,
     limits: ConnLimits,
+    /// The audit log's verifier key (`origin+id+key`), for operators and verifiers.
+    pub audit_vkey: String,
 }
 
 impl Gateway {
@@ -66,6 +68,7 @@ impl Gateway {
         store: Arc<Store>,
         committer: Committer,
         catalogue: Option<Catalogue>,
+        audit_vkey: String,
     ) -> Self {
         let limits = ConnLimits {
             max_header_bytes: cfg.limits.max_header_bytes,
@@ -75,6 +78,7 @@ impl Gateway {
             idle_timeout: cfg.limits.idle_timeout,
         };
         Self {
+            audit_vkey,
             default_body_limit: cfg.limits.max_body_bytes == 1_048_576,
             limits,
             cfg,
@@ -274,6 +278,9 @@ impl Gateway {
         if !s.healthy.load(Ordering::Relaxed) {
             let _ = reasons.push("storage_unavailable");
         }
+        if s.audit_corrupt.load(Ordering::Relaxed) {
+            let _ = reasons.push("audit_log_corrupt");
+        }
         if s.spool_count.load(Ordering::Relaxed) >= self.cfg.spool_max_events
             || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes
         {
@@ -339,6 +346,21 @@ impl Gateway {
                 "vvgate_audit_entries",
                 "Entries in the audit log.",
                 s.audit_index.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_checkpoint_size",
+                "Tree size of the newest signed audit checkpoint.",
+                s.checkpoint_size.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_checkpoints_signed_total",
+                "Audit checkpoints signed.",
+                s.checkpoints_signed.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_checkpoint_failures_total",
+                "Audit checkpoints that could not be signed or stored.",
+                s.checkpoint_failures.load(Ordering::Relaxed),
             ),
             (
                 "vvgate_storage_commits_total",

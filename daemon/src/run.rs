@@ -87,6 +87,7 @@ pub struct Prepared {
     server_config: Arc<rustls::ServerConfig>,
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
+    checkpoint_signer: Arc<dyn vvgate_hsm::RecordSigner>,
 }
 
 /// Check keys, TLS material and the catalogue without opening storage or sockets
@@ -103,7 +104,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         }
     };
     let server_config = tls::server_config(&cfg, keystore.as_ref())?;
-    keystore.record_signer(&cfg.audit.checkpoint_key)?;
+    let checkpoint_signer = keystore.record_signer(&cfg.audit.checkpoint_key)?;
     for (kid, key) in &cfg.feedback_keys {
         if let Err(e) = keystore.record_signer(key) {
             tracing::warn!(kid, error = %e, "feedback key unusable; the feedback route will answer 503");
@@ -138,6 +139,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         server_config,
         catalogue,
         forward,
+        checkpoint_signer,
     })
 }
 
@@ -180,6 +182,12 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         spool_max_events: cfg.spool_max_events,
         spool_max_bytes: cfg.spool_max_bytes,
         nonce_retention_secs: cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1,
+        checkpoint: Some(commit::CheckpointSetup {
+            origin: cfg.audit.checkpoint_origin.clone(),
+            interval: Duration::from_secs(cfg.audit.seal_interval_seconds),
+            signer: Arc::clone(&p.checkpoint_signer),
+            witnesses: cfg.audit.witness_keys.clone(),
+        }),
     };
     let (committer, storage_thread) = commit::start(
         Arc::clone(&store),
@@ -207,6 +215,11 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         Arc::clone(&store),
         committer.clone(),
         p.catalogue,
+        crate::audit::checkpoint::vkey(
+            &cfg.audit.checkpoint_origin,
+            crate::audit::checkpoint::ALG_ED25519,
+            &p.checkpoint_signer.public_key(),
+        ),
     ));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
@@ -323,14 +336,6 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         while gw.connections.get() > 0 && Instant::now() < deadline {
             Timer::after(Duration::from_millis(20)).await;
         }
-        // Give the forwarder a moment to empty the spool while the queue is up.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while gw.forward.connected.get()
-            && gw.committer.shared.spool_count.load(std::sync::atomic::Ordering::Relaxed) > 0
-            && Instant::now() < deadline
-        {
-            Timer::after(Duration::from_millis(20)).await;
-        }
         gw.audit_system(
             "gateway.stopped",
             &mut [(
@@ -339,6 +344,19 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
             )],
         )
         .await;
+        // A last checkpoint covering the whole log, then a moment for the forwarder to
+        // publish it and empty the spool while the queue is up.
+        if let Err(e) = gw.committer.checkpoint().await {
+            tracing::warn!(error = %e, "no checkpoint at shutdown");
+        }
+        // Give the forwarder a moment to empty the spool while the queue is up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gw.forward.connected.get()
+            && gw.committer.shared.spool_count.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
+            Timer::after(Duration::from_millis(20)).await;
+        }
         Ok(())
     }));
     crate::control::unbind(&cfg.control);

@@ -5,6 +5,8 @@
 //! (see `commit`), so the chain is linear and an answer is only sent once its entry is on disk.
 //! `verify` checks an exported or stored log with the contract's reasons.
 
+pub mod checkpoint;
+pub mod query;
 mod verify;
 
 use vvgate_storage::{AuditHead, Batch, StorageError};
@@ -13,7 +15,10 @@ use crate::ids;
 use crate::json::Cjson;
 use crate::time::{self, Micros};
 
-pub use verify::{verify_lines, Verdict, VerifyOptions};
+pub use verify::{
+    verify_checkpoints, verify_entries, verify_lines, CheckpointInput, CheckpointReport, Entries,
+    Verdict, VerifyOptions,
+};
 
 /// `actor` of entries written for producer requests.
 pub const ACTOR_GATEWAY: &str = "telemetry_gateway";

@@ -1,19 +1,37 @@
-//! The chain verifier (CONTRACT.md §6.5): entries in order, each checked for
-//! `malformed_entry`, `entry_hash_mismatch`, `previous_hash_mismatch`, `index_mismatch` and
-//! `seal_mismatch`. Works on any source of lines: the database, a JSONL export, stdin.
+//! The verifier (CONTRACT.md §6.5): entries in order, each checked for `malformed_entry`,
+//! `entry_hash_mismatch`, `previous_hash_mismatch`, `index_mismatch` and `seal_mismatch`, while
+//! the Merkle tree over the same lines is rebuilt; then the checkpoints: every signature
+//! (`checkpoint_signature_invalid`), the log's length (`log_truncated`), and each
+//! checkpoint's root against the rebuilt tree (`checkpoint_inconsistent`, `root_mismatch`).
+//! Works on any source of lines: the database, a JSONL export, stdin.
+//!
+//! Consistency between checkpoints is decided through the rebuilt tree: two checkpoints whose
+//! roots both equal the roots of the entries at their sizes are consistent (the entries are
+//! the proof). When a checkpoint's root differs but a checkpoint at least as large matches
+//! the entries, the two checkpoints cannot belong to one log (`checkpoint_inconsistent`: a
+//! fork, or a log rolled back and signed again); when no larger one matches, the entries
+//! themselves changed after that checkpoint was signed (`root_mismatch`).
+
+use std::collections::BTreeMap;
+
+use vvgate_storage::tree::{self, Frontier, Hash};
 
 use crate::ids;
 use crate::json::{canonicalize, Doc, Kind, Tape};
 
+use super::checkpoint::{self, Checkpoint, CheckpointError, Keys};
 use super::encode_entry;
 
 /// How to verify.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct VerifyOptions {
     /// Upstream files repeat indexes at seals: skip `index_mismatch` and seal index checks.
     pub upstream: bool,
     /// Index of the first entry (1 for a whole log).
     pub first_index: Option<u64>,
+    /// For a log whose first entries were pruned: the tree of the entries before
+    /// `first_index` and the hash of the last of them.
+    pub start: Option<(Frontier, String)>,
 }
 
 /// The verifier's result, printed as the contract's JSON.
@@ -120,17 +138,81 @@ fn parse_entry(
     })
 }
 
+/// What the entry pass found.
+#[derive(Clone, Debug)]
+pub struct Entries {
+    pub verdict: Verdict,
+    /// The rebuilt tree after the last good entry.
+    pub tree: Frontier,
+    /// Roots at the sizes asked for.
+    pub roots: BTreeMap<u64, Hash>,
+}
+
 /// Verify a sequence of entry lines (blank lines are skipped). Stops at the first break.
 pub fn verify_lines<I, E>(lines: I, opts: VerifyOptions) -> Result<Verdict, E>
+where
+    I: IntoIterator<Item = Result<Vec<u8>, E>>,
+{
+    Ok(verify_entries(lines, &opts, &[])?.verdict)
+}
+
+/// Verify entry lines and rebuild the tree, keeping the roots at `sizes`.
+pub fn verify_entries<I, E>(lines: I, opts: &VerifyOptions, sizes: &[u64]) -> Result<Entries, E>
+where
+    I: IntoIterator<Item = Result<Vec<u8>, E>>,
+{
+    let mut tree = opts
+        .start
+        .as_ref()
+        .map_or_else(Frontier::default, |(f, _)| f.clone());
+    let mut roots = BTreeMap::new();
+    let mut want = sizes.to_vec();
+    want.sort_unstable();
+    want.dedup();
+    let mut want = want.into_iter().peekable();
+    let mut take_root = |tree: &Frontier, roots: &mut BTreeMap<u64, Hash>| {
+        while let Some(&w) = want.peek() {
+            if w < tree.size() {
+                want.next();
+            } else if w == tree.size() {
+                roots.insert(w, tree.root());
+                want.next();
+            } else {
+                break;
+            }
+        }
+    };
+    take_root(&tree, &mut roots);
+    let mut stored = Vec::with_capacity(8);
+    let verdict = verify_chain(lines, opts, |line| {
+        stored.clear();
+        tree.append(tree::leaf_hash(line), &mut stored);
+        take_root(&tree, &mut roots);
+    })?;
+    Ok(Entries {
+        verdict,
+        tree,
+        roots,
+    })
+}
+
+fn verify_chain<I, E>(
+    lines: I,
+    opts: &VerifyOptions,
+    mut good: impl FnMut(&[u8]),
+) -> Result<Verdict, E>
 where
     I: IntoIterator<Item = Result<Vec<u8>, E>>,
 {
     let mut tape = Tape::new();
     let (mut details, mut out, mut hash_buf, mut scratch) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut prev: Option<(u64, String)> = None;
-    let mut entries = 0u64;
     let first = opts.first_index.unwrap_or(1);
+    let mut prev: Option<(u64, String)> = opts
+        .start
+        .as_ref()
+        .map(|(_, hash)| (first.saturating_sub(1), hash.clone()));
+    let mut entries = 0u64;
     for line in lines {
         let line = line?;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -177,10 +259,122 @@ where
             }
         }
         entries += 1;
+        good(&line);
         prev = Some((e.index, e.entry_hash));
     }
     Ok(Verdict::Ok {
         entries,
         latest_hash: prev.map(|(_, h)| h).unwrap_or_default(),
     })
+}
+
+/// A checkpoint handed to the verifier, with where it came from (for reports).
+#[derive(Clone, Debug)]
+pub struct CheckpointInput {
+    pub note: Vec<u8>,
+    pub source: &'static str,
+}
+
+/// Summary of a successful checkpoint pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub checked: usize,
+    /// Checkpoints of pruned entries, whose roots could not be recomputed here.
+    pub skipped: usize,
+    pub latest_size: u64,
+    /// Witness cosignatures that verified.
+    pub cosignatures: usize,
+}
+
+/// Check `checkpoints` against the entry pass. `origin`: the expected origin line.
+pub fn verify_checkpoints(
+    entries: &Entries,
+    checkpoints: &[CheckpointInput],
+    origin: Option<&str>,
+    keys: &Keys,
+) -> Result<CheckpointReport, (Verdict, String)> {
+    let broken = |size: u64, reason: &'static str, why: String| {
+        (
+            Verdict::Broken {
+                broken_at: size,
+                reason,
+            },
+            why,
+        )
+    };
+    let mut opened: Vec<(Checkpoint, &'static str)> = Vec::new();
+    let mut report = CheckpointReport::default();
+    for c in checkpoints {
+        match checkpoint::open(&c.note, origin, keys) {
+            Ok(o) => {
+                report.cosignatures += o.cosignatures.len();
+                opened.push((o.checkpoint, c.source));
+            }
+            Err(e) => {
+                let size = signed_note::Note::from_bytes(&c.note)
+                    .ok()
+                    .and_then(|n| Checkpoint::parse(n.text()).ok())
+                    .map_or(0, |cp| cp.size);
+                let why = match e {
+                    CheckpointError::Unsigned => "not signed by the checkpoint key".to_string(),
+                    other => other.to_string(),
+                };
+                return Err(broken(
+                    size,
+                    "checkpoint_signature_invalid",
+                    format!("{} checkpoint of size {size}: {why}", c.source),
+                ));
+            }
+        }
+    }
+    opened.sort_by_key(|(cp, _)| cp.size);
+    let log_size = entries.tree.size();
+    if let Some((cp, src)) = opened.iter().find(|(cp, _)| cp.size > log_size) {
+        return Err(broken(
+            cp.size,
+            "log_truncated",
+            format!(
+                "the {src} checkpoint covers {} entries; the log has {log_size}",
+                cp.size
+            ),
+        ));
+    }
+    let first = entries.roots.keys().next().copied().unwrap_or(u64::MAX);
+    let matches = |cp: &Checkpoint| entries.roots.get(&cp.size) == Some(&cp.root);
+    for (cp, src) in &opened {
+        if cp.size == 0 {
+            continue;
+        }
+        if cp.size < first || !entries.roots.contains_key(&cp.size) {
+            report.skipped += 1;
+            continue;
+        }
+        if matches(cp) {
+            report.checked += 1;
+            report.latest_size = report.latest_size.max(cp.size);
+            continue;
+        }
+        let later = opened
+            .iter()
+            .find(|(other, _)| other.size >= cp.size && matches(other));
+        return Err(match later {
+            Some((other, other_src)) => broken(
+                cp.size,
+                "checkpoint_inconsistent",
+                format!(
+                    "the {src} checkpoint of size {} cannot be a prefix of the {other_src} checkpoint of size {}, which the entries match",
+                    cp.size, other.size
+                ),
+            ),
+            None => broken(
+                cp.size,
+                "root_mismatch",
+                format!(
+                    "the entries' root at size {} differs from the {src} checkpoint's",
+                    cp.size
+                ),
+            ),
+        });
+    }
+    Ok(report)
 }

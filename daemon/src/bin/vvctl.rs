@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use vvgate::audit::VerifyOptions;
-use vvgate::cli::{self, CliError, ProducerArgs, StateSource, Where};
+use vvgate::cli::{self, CliError, GwArgs as Gw, ProducerArgs, StateArgs as State};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,49 +14,6 @@ use vvgate::cli::{self, CliError, ProducerArgs, StateSource, Where};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-/// Which gateway.
-#[derive(Args, Debug, Clone, Default)]
-struct Gw {
-    /// A dev directory made by `vvgated --dev` (its configuration and PKI).
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "vvgate-dev")]
-    dev: Option<PathBuf>,
-    /// The gateway's configuration file.
-    #[arg(long, value_name = "PATH")]
-    config: Option<PathBuf>,
-}
-
-impl Gw {
-    fn where_(&self) -> Where {
-        Where {
-            dev: self.dev.clone(),
-            config: self.config.clone(),
-        }
-    }
-}
-
-/// A gateway's state: running (control socket) or stopped (database).
-#[derive(Args, Debug, Clone, Default)]
-struct State {
-    #[command(flatten)]
-    gw: Gw,
-    /// Control socket of a running gateway.
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// State directory of a stopped gateway.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
-}
-
-impl State {
-    fn source(&self) -> Result<StateSource, CliError> {
-        StateSource::new(
-            &self.gw.where_(),
-            self.socket.clone(),
-            self.state_dir.clone(),
-        )
-    }
 }
 
 /// The producer's credentials (default: from --dev).
@@ -123,10 +79,10 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SpoolCmd,
     },
-    /// The audit log.
+    /// The audit log: verify, export, checkpoints, proofs, cosignatures.
     Audit {
         #[command(subcommand)]
-        cmd: AuditCmd,
+        cmd: cli::audit::AuditCmd,
     },
     /// Status of a running gateway.
     Status {
@@ -156,26 +112,6 @@ enum SpoolCmd {
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum AuditCmd {
-    /// Verify the hash chain: prints {"ok":…} and exits 1 when the log is broken.
-    Verify {
-        #[command(flatten)]
-        state: State,
-        /// Verify an exported JSONL file instead (`-` for stdin).
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// The file is an upstream log (indexes repeat at seals).
-        #[arg(long)]
-        upstream: bool,
-    },
-    /// Print every entry as CJSON lines.
-    Export {
-        #[command(flatten)]
-        state: State,
-    },
-}
-
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
         Cmd::DevPki { out } => {
@@ -195,27 +131,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Spool {
             cmd: SpoolCmd::Tail { state, limit },
         } => cli::spool::tail(&state.source()?, limit),
-        Cmd::Audit {
-            cmd:
-                AuditCmd::Verify {
-                    state,
-                    file,
-                    upstream,
-                },
-        } => {
-            let opts = VerifyOptions {
-                upstream,
-                first_index: None,
-            };
-            if file.is_some() {
-                cli::audit::verify(None, file.as_ref(), opts)
-            } else {
-                cli::audit::verify(Some(&state.source()?), None, opts)
-            }
-        }
-        Cmd::Audit {
-            cmd: AuditCmd::Export { state },
-        } => cli::audit::export(&state.source()?),
+        Cmd::Audit { cmd } => cli::audit::run(cmd),
         Cmd::Status { state } => match state.source()?.ask("{\"cmd\":\"status\"}")? {
             Some(lines) => {
                 for l in lines {

@@ -11,6 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::Args;
+
 use crate::client::{ClientError, Producer};
 use crate::config::{Config, ConfigError};
 
@@ -57,6 +59,49 @@ impl CliError {
 pub fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
     let what = what.into();
     move |source| CliError::Io { what, source }
+}
+
+/// Which gateway.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GwArgs {
+    /// A dev directory made by `vvgated --dev` (its configuration and PKI).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "vvgate-dev")]
+    pub dev: Option<PathBuf>,
+    /// The gateway's configuration file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl GwArgs {
+    pub fn where_(&self) -> Where {
+        Where {
+            dev: self.dev.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// A gateway's state: running (control socket) or stopped (database).
+#[derive(Args, Debug, Clone, Default)]
+pub struct StateArgs {
+    #[command(flatten)]
+    pub gw: GwArgs,
+    /// Control socket of a running gateway.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// State directory of a stopped gateway.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    pub fn source(&self) -> Result<StateSource, CliError> {
+        StateSource::new(
+            &self.gw.where_(),
+            self.socket.clone(),
+            self.state_dir.clone(),
+        )
+    }
 }
 
 /// How to find a gateway: its configuration (from `--dev DIR` or `--config PATH`).
@@ -213,6 +258,8 @@ pub fn control(path: &Path, request: &str) -> Result<Option<Vec<String>>, CliErr
 pub struct StateSource {
     pub socket: Option<PathBuf>,
     pub database: Option<PathBuf>,
+    /// The gateway's configuration, when known.
+    pub config: Option<Config>,
 }
 
 impl StateSource {
@@ -232,7 +279,11 @@ impl StateSource {
                     .into(),
             ));
         }
-        Ok(Self { socket, database })
+        Ok(Self {
+            socket,
+            database,
+            config: cfg,
+        })
     }
 
     /// Ask the running gateway; `None` when it is not running.

@@ -185,6 +185,10 @@ pub struct AuditConfig {
     pub checkpoint_key: KeyRef,
     pub checkpoint_subject: String,
     pub export_path: Option<PathBuf>,
+    /// Witnesses whose cosignatures are verified and stored.
+    pub witness_keys: Vec<crate::audit::checkpoint::VerifierKey>,
+    /// Where witnesses publish cosigned checkpoints (NATS); `None`: only `vvctl audit cosign`.
+    pub cosignature_subject: Option<String>,
 }
 
 #[derive(Clone, Debug)]

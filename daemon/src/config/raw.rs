@@ -118,6 +118,8 @@ pub(crate) struct RawAudit {
     pub(crate) checkpoint_key: Option<String>,
     pub(crate) checkpoint_subject: Option<String>,
     pub(crate) export_path: Option<String>,
+    pub(crate) witness_keys: Option<Vec<String>>,
+    pub(crate) cosignature_subject: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -684,6 +684,23 @@ pub(super) fn validate(
             "vectorvue.audit.checkpoint",
         ),
         export_path: a.export_path.as_deref().map(|p| c.path(p)),
+        witness_keys: {
+            let mut keys: Vec<crate::audit::checkpoint::VerifierKey> = Vec::new();
+            for (i, v) in a.witness_keys.unwrap_or_default().iter().enumerate() {
+                let key = format!("audit.witness_keys[{i}]");
+                match crate::audit::checkpoint::VerifierKey::parse(v) {
+                    Ok(k) if keys.iter().any(|o| o.name == k.name && o.id() == k.id()) => {
+                        c.bad(&key, "is listed twice");
+                    }
+                    Ok(k) => keys.push(k),
+                    Err(e) => c.bad(&key, &e),
+                }
+            }
+            keys
+        },
+        cosignature_subject: a
+            .cosignature_subject
+            .map(|v| c.subject("audit.cosignature_subject", Some(v), "")),
     };
 
     // [federation]

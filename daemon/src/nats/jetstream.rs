@@ -10,7 +10,7 @@ use crate::json::{Doc, Kind, Tape};
 #[derive(Clone, Debug)]
 pub struct StreamSpec {
     pub name: String,
-    /// Subjects it must capture (ingest and dead letter).
+    /// Subjects it must capture (ingest, dead letter, audit checkpoints).
     pub subjects: Vec<String>,
     /// At least the nonce retention, so a re-publish after a crash is recognised.
     pub min_duplicate_window: Duration,
