@@ -15,7 +15,7 @@
 
 mod actor;
 pub mod objects;
-mod token;
+pub(crate) mod token;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
