@@ -19,7 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use super::objects::{resolve, FindError, KeyKind};
-use super::token::{self, is_session_lost, map_error, Op, TokenSelector};
+use super::token::{self, map_error, needs_reopen, Op, TokenSelector};
 use crate::{HsmError, SealedDek};
 
 /// Which trait method loads a key, hence which kinds are acceptable.
@@ -100,8 +100,21 @@ struct Cached {
     key_ref: String,
     role: Role,
     kind: KeyKind,
-    secret: ObjectHandle,
+    /// `Err` when the key could not be found again after a reopen (retired or replaced
+    /// while the daemon ran): that key fails, the others go on.
+    secret: Result<ObjectHandle, String>,
     public: Vec<u8>,
+}
+
+impl Cached {
+    fn handle(&self) -> Result<ObjectHandle, FindError> {
+        self.secret.clone().map_err(|detail| {
+            FindError::Hsm(HsmError::Missing {
+                key: self.key_ref.clone(),
+                detail,
+            })
+        })
+    }
 }
 
 struct State {
@@ -265,20 +278,14 @@ impl State {
             return Err(e);
         }
         for key in &mut self.keys {
-            let r = resolve(&session, &key.id, key.role.kinds(), &key.key_ref).map_err(
-                |e| match e {
-                    FindError::Hsm(h) => h,
-                    FindError::Ck(c) => map_error(c, Op::Key, &key.key_ref, &self.selector),
-                },
-            )?;
-            if r.kind != key.kind || r.public != key.public {
-                return Err(HsmError::Invalid {
-                    key: key.key_ref.clone(),
-                    expected: "the key loaded at start",
-                    detail: "the token now holds a different key under this CKA_ID".into(),
-                });
-            }
-            key.secret = r.secret;
+            key.secret = match resolve(&session, &key.id, key.role.kinds(), &key.key_ref) {
+                Ok(r) if r.kind == key.kind && r.public == key.public => Ok(r.secret),
+                Ok(_) => Err("the token now holds a different key under this CKA_ID".into()),
+                Err(FindError::Hsm(e)) => Err(format!("after re-opening the session: {e}")),
+                Err(FindError::Ck(e)) => {
+                    return Err(map_error(e, Op::Key, &key.key_ref, &self.selector))
+                }
+            };
         }
         self.session = Some(session);
         self.ready.store(true, Ordering::SeqCst);
@@ -317,10 +324,12 @@ impl State {
             match f(session, &self.keys) {
                 Ok(v) => return Ok(v),
                 Err(FindError::Hsm(e)) => return Err(e),
-                Err(FindError::Ck(e)) if is_session_lost(&e) => {
+                Err(FindError::Ck(e)) if needs_reopen(&e) => {
                     if tried {
-                        self.session = None;
-                        self.ready.store(false, Ordering::SeqCst);
+                        if token::is_session_lost(&e) {
+                            self.session = None;
+                            self.ready.store(false, Ordering::SeqCst);
+                        }
                         return Err(map_error(e, op, key_ref, &self.selector));
                     }
                     tried = true;
@@ -366,7 +375,7 @@ impl State {
             key_ref: key_ref.clone(),
             role,
             kind: r.kind,
-            secret: r.secret,
+            secret: Ok(r.secret),
             public: r.public.clone(),
         });
         if let Err(e) = self.self_test(slot) {
@@ -449,7 +458,7 @@ impl State {
             });
         }
         let sig = self.with_session(Op::Key, &key_ref, |s, keys| {
-            let h = keys[slot].secret;
+            let h = keys[slot].handle()?;
             let sig = match kind {
                 KeyKind::EcdsaP256 => s.sign(&Mechanism::Ecdsa, h, input)?,
                 KeyKind::Ed25519 => s.sign(
@@ -486,7 +495,7 @@ impl State {
         let (iv, ct) = self.with_session(Op::Key, &key_ref, |s, keys| {
             let mut iv = iv;
             let params = GcmParams::new(&mut iv, aad, 128.into())?;
-            let ct = s.encrypt(&Mechanism::AesGcm(params), keys[slot].secret, dek)?;
+            let ct = s.encrypt(&Mechanism::AesGcm(params), keys[slot].handle()?, dek)?;
             Ok((iv, ct))
         })?;
         let ct: [u8; 48] = ct.as_slice().try_into().map_err(|_| HsmError::Operation {
@@ -506,9 +515,10 @@ impl State {
         let plain = self.with_session(Op::Open, &key_ref, |s, keys| {
             let mut iv = sealed.iv;
             let params = GcmParams::new(&mut iv, aad, 128.into())?;
+            let h = keys[slot].handle()?;
             Ok(Zeroizing::new(s.decrypt(
                 &Mechanism::AesGcm(params),
-                keys[slot].secret,
+                h,
                 &sealed.ct,
             )?))
         })?;

@@ -69,6 +69,17 @@ pub(crate) fn is_session_lost(e: &CkError) -> bool {
     )
 }
 
+/// Whether `e` calls for the one reopen-and-login attempt: the session is lost, or a cached
+/// key handle went stale (SoftHSM answers `CKR_OBJECT_HANDLE_INVALID` for private objects once
+/// the login is gone, e.g. after a token reset), so the handles are resolved again.
+pub(crate) fn needs_reopen(e: &CkError) -> bool {
+    is_session_lost(e)
+        || matches!(
+            e,
+            CkError::Pkcs11(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid, _)
+        )
+}
+
 /// The PIN failure named by `e`, if it is one.
 pub(crate) fn pin_failure(e: &CkError) -> Option<&'static str> {
     match e {
