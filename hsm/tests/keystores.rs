@@ -535,6 +535,32 @@ fn pkcs11_session_loss_is_recovered_once() {
         assert_eq!(*kek.open_dek(&sealed, b"x").unwrap(), [9; 32]);
         let st = store.status().unwrap();
         assert!(st.ready && st.user_logged_in && st.read_only);
+
+        // Another process deletes the feedback key while the store runs: that key fails,
+        // named, after the one reopen; the other keys go on and the store stays ready.
+        let feedback = store.record_signer(&keys.feedback).unwrap();
+        let label = match &token.selector {
+            TokenSelector::Label(l) => l.clone(),
+            TokenSelector::Serial(_) => unreachable!("tests select by label"),
+        };
+        let fb_id = data_encoding::HEXLOWER.encode(&id_of(&keys.feedback));
+        let out = std::process::Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&token.module)
+            .args(["--token-label", &label, "--login", "--pin", &token.user_pin])
+            .args(["--delete-object", "--type", "privkey", "--id", &fb_id])
+            .output()
+            .expect("pkcs11-tool (opensc)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e = feedback.sign(b"gone").unwrap_err();
+        assert!(matches!(e, HsmError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains(&keys.feedback.to_string()), "{e}");
+        signer.sign(b"still here").unwrap();
+        assert!(store.is_ready());
     });
 }
 
@@ -709,6 +735,27 @@ fn pkcs11_rates() {
         });
         rate("AES-256-GCM seal of a DEK", &|| {
             kek.seal_dek(&[1; 32], b"aad").unwrap();
+        });
+        drop((cp, kek, signer, tls));
+        store.close();
+        // The same operations straight through cryptoki on this thread, for the actor's cost.
+        token.raw_session_kind(false, |s| {
+            let find = |r: &KeyRef, class| {
+                s.find_objects(&[Attribute::Class(class), Attribute::Id(id_of(r))])
+                    .unwrap()[0]
+            };
+            let ed = find(&keys.checkpoint, ObjectClass::PRIVATE_KEY);
+            let ec = find(&keys.tls, ObjectClass::PRIVATE_KEY);
+            let eddsa = Mechanism::Eddsa(cryptoki::mechanism::eddsa::EddsaParams::new(
+                cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+            ));
+            rate("direct Ed25519 sign (no key store thread)", &|| {
+                s.sign(&eddsa, ed, &msg).unwrap();
+            });
+            rate("direct ECDSA P-256 sign (no key store thread)", &|| {
+                let d = ring::digest::digest(&ring::digest::SHA256, &msg);
+                s.sign(&Mechanism::Ecdsa, ec, d.as_ref()).unwrap();
+            });
         });
     });
 }
