@@ -7,12 +7,18 @@
 //! never leaves the backend.
 //!
 //! Backends: [`file::FileKeyStore`] (development only: PEM and raw key files in a private
-//! directory; refused when `mode = "production"`) and, later, PKCS#11. Keys are named by a
-//! [`KeyRef`] such as `file:/var/lib/vvgate/dev/checkpoint.pem` or `pkcs11:0201`.
+//! directory; refused when `mode = "production"`) and [`pkcs11::Pkcs11KeyStore`] (a token
+//! behind a PKCS#11 module). Keys are named by a [`KeyRef`] such as
+//! `file:/var/lib/vvgate/dev/checkpoint.pem` or `pkcs11:0201`.
+//!
+//! [`ceremony`] holds the operator ceremonies for PKCS#11 tokens (initialise, generate,
+//! list, rotate, retire, CSR) under dual control.
 
 #![warn(missing_docs)]
 
+pub mod ceremony;
 pub mod file;
+pub mod pkcs11;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -71,6 +77,58 @@ pub enum HsmError {
     /// Opening a sealed value failed: wrong key, wrong AAD or tampered data.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// The PKCS#11 module could not be loaded or initialised.
+    #[error("PKCS#11 module {module}: {detail}")]
+    Module {
+        /// The module path.
+        module: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The configured token is absent, ambiguous or unusable.
+    #[error("PKCS#11 token {token}: {detail}")]
+    Token {
+        /// The token selector (`label=…` or `serial=…`).
+        token: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The token refused the PIN (incorrect, locked or expired). Never retried: the daemon
+    /// exits with a dedicated code so that a crash loop cannot lock the token.
+    #[error("PKCS#11 token {token} refused the user PIN: {reason}; not retrying")]
+    PinRejected {
+        /// The token selector.
+        token: String,
+        /// `PIN incorrect`, `PIN locked` or `PIN expired`.
+        reason: &'static str,
+    },
+    /// No key object carries this reference's `CKA_ID` (or several do).
+    #[error("key {key} not found: {detail}")]
+    Missing {
+        /// The reference.
+        key: String,
+        /// What was looked for.
+        detail: String,
+    },
+    /// A key exists but one of its attributes makes it unfit (extractable, not sensitive,
+    /// wrong type or curve, mechanisms not restricted).
+    #[error("key {key} refused: attribute {attribute} {detail}")]
+    WeakKey {
+        /// The reference.
+        key: String,
+        /// The PKCS#11 attribute that failed the check (e.g. `CKA_EXTRACTABLE`).
+        attribute: &'static str,
+        /// What was found and what was required.
+        detail: String,
+    },
+    /// The key store cannot serve requests now (session lost and not re-established, store
+    /// closed). The daemon reports not-ready; a later request tries once more.
+    #[error("key store not ready: {0}")]
+    NotReady(String),
+    /// A ceremony step was refused or its input is malformed (a bad PIN share, retiring the
+    /// only version of a key, a `CKA_ID` that already exists).
+    #[error("ceremony refused: {0}")]
+    Ceremony(String),
 }
 
 /// A reference to a key in a key store (CONTRACT.md §10: `file:<path>`, bare path, or
