@@ -14,7 +14,8 @@ $SUDO apt-get update
 # nats-server (queue tests), softhsm2 + opensc (PKCS#11 tests), curl/openssl/python3
 # (independent TLS clients in the end-to-end tests).
 $SUDO apt-get install -y --no-install-recommends \
-  ca-certificates curl openssl python3 nats-server softhsm2 opensc
+  ca-certificates curl openssl python3 nats-server softhsm2 opensc \
+  golang-go golang-golang-x-mod-dev
 
 echo "== format and lints"
 cargo fmt --all -- --check

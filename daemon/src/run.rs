@@ -199,6 +199,14 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         what: "cannot start the storage thread",
         source,
     })?;
+    let audit_key = crate::audit::checkpoint::VerifierKey {
+        name: cfg.audit.checkpoint_origin.clone(),
+        alg: crate::audit::checkpoint::ALG_ED25519,
+        key: p.checkpoint_signer.public_key(),
+    };
+    if let Err(problem) = crate::audit::startup_check(&store, &audit_key) {
+        committer.shared.set_audit_problem(problem);
+    }
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
@@ -215,11 +223,7 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         Arc::clone(&store),
         committer.clone(),
         p.catalogue,
-        crate::audit::checkpoint::vkey(
-            &cfg.audit.checkpoint_origin,
-            crate::audit::checkpoint::ALG_ED25519,
-            &p.checkpoint_signer.public_key(),
-        ),
+        audit_key.to_string(),
     ));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);

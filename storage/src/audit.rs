@@ -215,6 +215,12 @@ impl Reader {
         Ok(())
     }
 
+    /// The tree's right edge at `size` entries (to extend it with entries read separately).
+    pub fn frontier(&self, size: u64) -> Result<Frontier, StorageError> {
+        self.check_size(size)?;
+        self.with_hashes(|h| Frontier::load(size, h))
+    }
+
     /// The root of the first `size` entries.
     pub fn tree_hash(&self, size: u64) -> Result<Hash, StorageError> {
         self.check_size(size)?;

@@ -188,5 +188,87 @@ impl Chain {
     }
 }
 
+/// Entries re-verified at start-up (the tail of the chain and its tree leaves).
+const STARTUP_TAIL: u64 = 256;
+
+/// The start-up integrity check: the newest entries chain to the stored head and are the
+/// leaves the stored tree holds, and the newest checkpoint is signed by `key`, covers no more
+/// than the log, and has the tree's root. A failure is reported (readiness
+/// `audit_log_corrupt`), never repaired. The full check is `vvctl audit verify`.
+pub fn startup_check(
+    store: &vvgate_storage::Store,
+    key: &checkpoint::VerifierKey,
+) -> Result<(), String> {
+    let r = store.read().map_err(|e| e.to_string())?;
+    let head = r.audit_head().map_err(|e| e.to_string())?;
+    if head.index > 0 {
+        let first = head.index.saturating_sub(STARTUP_TAIL - 1).max(1);
+        let rows = r
+            .audit_range(first, usize::try_from(STARTUP_TAIL).unwrap_or(256))
+            .map_err(|e| e.to_string())?;
+        let frontier = r.frontier(first - 1).map_err(|e| e.to_string())?;
+        let opts = VerifyOptions {
+            first_index: Some(first),
+            ..VerifyOptions::default()
+        };
+        let entries = verify_entries(
+            rows.iter()
+                .map(|(_, l)| Ok::<_, std::convert::Infallible>(l.clone())),
+            &VerifyOptions {
+                start: Some((frontier, String::new())),
+                ..opts
+            },
+            &[head.index],
+        )
+        .unwrap_or_else(|e| match e {});
+        match &entries.verdict {
+            Verdict::Broken { broken_at, reason } => {
+                return Err(format!("{reason} at entry {broken_at}"));
+            }
+            Verdict::Ok { latest_hash, .. } => {
+                if entries.tree.size() != head.index {
+                    return Err(format!(
+                        "the log head says {} entries, the table ends at {}",
+                        head.index,
+                        entries.tree.size()
+                    ));
+                }
+                if latest_hash.as_str() != ids::hex32(&head.hash).as_str() {
+                    return Err(format!(
+                        "entry {} is not the entry the log head recorded",
+                        head.index
+                    ));
+                }
+            }
+        }
+        let stored_root = r.tree_hash(head.index).map_err(|e| e.to_string())?;
+        if entries.roots.get(&head.index) != Some(&stored_root) {
+            return Err(format!(
+                "the stored Merkle tree does not match entries {first} to {}",
+                head.index
+            ));
+        }
+    }
+    if let Some((size, note)) = r.checkpoint_latest().map_err(|e| e.to_string())? {
+        let keys = checkpoint::Keys::new(std::slice::from_ref(key), &[]);
+        let opened = checkpoint::open(&note, Some(&key.name), &keys)
+            .map_err(|e| format!("checkpoint of size {size}: {e}"))?;
+        let cp = opened.checkpoint;
+        if cp.size != size {
+            return Err(format!("checkpoint stored as size {size} says {}", cp.size));
+        }
+        if size > head.index {
+            return Err(format!(
+                "log_truncated: the checkpoint covers {size} entries, the log has {}",
+                head.index
+            ));
+        }
+        if r.tree_hash(size).map_err(|e| e.to_string())? != cp.root {
+            return Err(format!("root_mismatch at the checkpoint of size {size}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

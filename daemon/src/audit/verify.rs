@@ -30,7 +30,7 @@ pub struct VerifyOptions {
     /// Index of the first entry (1 for a whole log).
     pub first_index: Option<u64>,
     /// For a log whose first entries were pruned: the tree of the entries before
-    /// `first_index` and the hash of the last of them.
+    /// `first_index` and the hash of the last of them (empty: unknown).
     pub start: Option<(Frontier, String)>,
 }
 
@@ -208,9 +208,11 @@ where
     let (mut details, mut out, mut hash_buf, mut scratch) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let first = opts.first_index.unwrap_or(1);
+    // An empty start hash: the predecessor is unknown (the first entry is not chained).
     let mut prev: Option<(u64, String)> = opts
         .start
         .as_ref()
+        .filter(|(_, hash)| !hash.is_empty())
         .map(|(_, hash)| (first.saturating_sub(1), hash.clone()));
     let mut entries = 0u64;
     for line in lines {

@@ -317,6 +317,9 @@ fn parse_keys(list: &[String], what: &str) -> Result<Vec<VerifierKey>, CliError>
 fn read_checkpoints(p: &Path, source: &'static str) -> Result<Vec<CheckpointInput>, CliError> {
     let data = read_input(p)?;
     let text = String::from_utf8_lossy(&data);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
     if !text.trim_start().starts_with('{') {
         return Ok(vec![CheckpointInput { note: data, source }]);
     }

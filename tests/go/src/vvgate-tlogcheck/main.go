@@ -7,11 +7,13 @@
 //	vvgate-tlogcheck consistency VKEY ORIGIN OLD_NOTE NEW_NOTE PROOF_FILE
 //	                                                       PROOF_FILE: one base64 hash per line
 //	vvgate-tlogcheck sign        SKEY TEXT_FILE            sign a note (Go to vvgate direction)
+//	vvgate-tlogcheck keygen      NAME                      print a new signer key and verifier key
 //
 // Exit status 0 when the check holds, 1 with a reason on stderr otherwise.
 package main
 
 import (
+	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -139,6 +141,12 @@ func main() {
 			fail("consistency %d -> %d: %v", oldSize, newSize, err)
 		}
 		fmt.Printf("tree %d extends tree %d\n", newSize, oldSize)
+	case "keygen":
+		skey, vkey, err := note.GenerateKey(rand.Reader, os.Args[2])
+		if err != nil {
+			fail("keygen: %v", err)
+		}
+		fmt.Printf("%s\n%s\n", skey, vkey)
 	case "sign":
 		s, err := note.NewSigner(os.Args[2])
 		if err != nil {
