@@ -37,6 +37,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_PING: Duration = Duration::from_secs(15);
 /// Segments read from the spool per storage read.
 const READ_SEGMENTS: usize = 64;
+/// Cosigned checkpoints held before they are stored.
+const MAX_PENDING_COSIGNED: usize = 16;
 
 /// Why the queue connection could not be configured (a start-up error).
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +268,13 @@ pub async fn run(gw: Rc<Gateway>, mut setup: ForwardSetup, first: Option<Connect
             Some(c) => Ok(c),
             None => connect_and_check(&mut setup).await,
         };
+        let c = match c {
+            Ok(mut c) => match after_connect(&gw, &setup, &mut c).await {
+                Ok(()) => Ok(c),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
         let result = match c {
             Ok(c) => {
                 gw.forward.connected.set(true);
@@ -288,6 +297,93 @@ pub async fn run(gw: Rc<Gateway>, mut setup: ForwardSetup, first: Option<Connect
         let jitter = u64::from(gw.new_request_id()[0]) % 50;
         Timer::after(backoff + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// On each connection: compare the local log with the newest checkpoint anchored in the
+/// stream, and subscribe to witness cosignatures.
+async fn after_connect(
+    gw: &Gateway,
+    setup: &ForwardSetup,
+    conn: &mut Connection,
+) -> Result<(), NatsError> {
+    check_anchor(gw, setup, conn).await?;
+    if let Some(subject) = &gw.cfg.audit.cosignature_subject {
+        conn.subscribe(subject).await?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint of this log anchored in the stream must be one the local log
+/// extends: a log restored from an older backup, or a copy that forked, is caught here (and
+/// the gateway stops signing checkpoints, so it never signs two inconsistent trees).
+async fn check_anchor(
+    gw: &Gateway,
+    setup: &ForwardSetup,
+    conn: &mut Connection,
+) -> Result<(), NatsError> {
+    use crate::audit::checkpoint::{self, Keys, VerifierKey};
+    use base64::Engine as _;
+    let api = format!("$JS.API.STREAM.MSG.GET.{}", setup.spec.name);
+    let body = serde_json::json!({ "last_by_subj": gw.cfg.audit.checkpoint_subject }).to_string();
+    let r = conn.request(&api, body.as_bytes(), ACK_TIMEOUT).await?;
+    let v: serde_json::Value = serde_json::from_slice(&r.payload)
+        .map_err(|e| NatsError::Protocol(format!("stream message get reply: {e}")))?;
+    if let Some(e) = v.get("error") {
+        // 10037: no message on the subject yet.
+        if e["err_code"].as_u64() != Some(10037) && e["code"].as_u64() != Some(404) {
+            tracing::warn!(error = %e, "cannot read the anchored checkpoint");
+        }
+        return Ok(());
+    }
+    let Some(note) = v["message"]["data"]
+        .as_str()
+        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+    else {
+        return Ok(());
+    };
+    let Ok(key) = VerifierKey::parse(&gw.audit_vkey) else {
+        return Ok(());
+    };
+    let origin = key.name.clone();
+    let opened = match checkpoint::open(&note, Some(&origin), &Keys::new(&[key], &[])) {
+        Ok(o) => o.checkpoint,
+        Err(checkpoint::CheckpointError::Origin { .. }) => return Ok(()), // another log
+        Err(e) => {
+            tracing::warn!(error = %e, "the newest anchored checkpoint does not verify with the current checkpoint key (rotated?); not compared");
+            return Ok(());
+        }
+    };
+    let local = gw.store.read().and_then(|r| {
+        let head = r.audit_head()?.index;
+        let root = if opened.size <= head {
+            Some(r.tree_hash(opened.size)?)
+        } else {
+            None
+        };
+        Ok((head, root))
+    });
+    match local {
+        Ok((head, None)) => gw.committer.shared.set_audit_problem(format!(
+            "the checkpoint anchored in the queue covers {} entries but the local log has {head}: the log was rolled back or truncated",
+            opened.size
+        )),
+        Ok((_, Some(root))) if root != opened.root => gw.committer.shared.set_audit_problem(format!(
+            "the local log differs from the checkpoint of size {} anchored in the queue (a restored backup or a forked copy)",
+            opened.size
+        )),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot compare the local log with the anchored checkpoint"),
+    }
+    Ok(())
+}
+
+/// Store a witness's cosigned checkpoint (through the storage thread).
+async fn store_cosignature(gw: &Gateway, note: Vec<u8>) {
+    match gw.committer.cosign(note).await {
+        Ok(0) => tracing::debug!("cosigned checkpoint carried nothing new"),
+        Ok(n) => tracing::info!(added = n, "witness cosignature received"),
+        Err(e) => tracing::warn!(error = %e, "cosigned checkpoint refused"),
     }
 }
 
@@ -349,7 +445,19 @@ fn on_reply(
     inflight: &mut HashMap<u64, u64>,
     queue: &mut VecDeque<Segment>,
     tape: &mut Tape,
+    cosigned: &mut Vec<Vec<u8>>,
 ) -> Result<(), NatsError> {
+    if reply.id == crate::nats::client::SUBSCRIPTION {
+        // A witness's cosigned checkpoint; stored after this round of acks.
+        if cosigned.len() < MAX_PENDING_COSIGNED {
+            cosigned.push(reply.payload);
+        } else {
+            tracing::warn!(
+                "too many cosigned checkpoints at once; one dropped (the witness may resend)"
+            );
+        }
+        return Ok(());
+    }
     let Some(seq) = inflight.remove(&reply.id) else {
         return Ok(());
     };
@@ -392,8 +500,12 @@ async fn session(
     let mut cursor = *released_below;
     let mut inflight: HashMap<u64, u64> = HashMap::with_capacity(window);
     let mut tape = Tape::new();
+    let mut cosigned: Vec<Vec<u8>> = Vec::new();
     let mut idle_since = std::time::Instant::now();
     loop {
+        for note in cosigned.drain(..) {
+            store_cosignature(gw, note).await;
+        }
         // Hand acknowledged segments to the storage thread (in order).
         while let Some(&seq) = pending_releases.front() {
             if !gw.committer.release(seq) {
@@ -458,18 +570,29 @@ async fn session(
                 conn.flush().await?;
                 idle_since = std::time::Instant::now();
             }
-            // New segments, server traffic (PING), or a periodic look at the spool.
-            futures_lite::future::or(
+            // New segments, server traffic (PING, a cosigned checkpoint), or a periodic look
+            // at the spool.
+            let got = futures_lite::future::or(
                 async {
                     listener.await;
-                    Ok(())
+                    Ok(None)
                 },
-                futures_lite::future::or(async { conn.next_reply().await.map(|_| ()) }, async {
+                futures_lite::future::or(conn.next_reply(), async {
                     Timer::after(Duration::from_millis(500)).await;
-                    Ok(())
+                    Ok(None)
                 }),
             )
             .await?;
+            if let Some(reply) = got {
+                on_reply(
+                    gw,
+                    reply,
+                    &mut inflight,
+                    &mut queue,
+                    &mut tape,
+                    &mut cosigned,
+                )?;
+            }
             continue;
         }
         idle_since = std::time::Instant::now();
@@ -479,11 +602,25 @@ async fn session(
         })
         .await?;
         if let Some(reply) = reply {
-            on_reply(gw, reply, &mut inflight, &mut queue, &mut tape)?;
+            on_reply(
+                gw,
+                reply,
+                &mut inflight,
+                &mut queue,
+                &mut tape,
+                &mut cosigned,
+            )?;
         }
         // Everything else that arrived with it, before publishing more and flushing once.
         while let Some(reply) = conn.buffered_reply()? {
-            on_reply(gw, reply, &mut inflight, &mut queue, &mut tape)?;
+            on_reply(
+                gw,
+                reply,
+                &mut inflight,
+                &mut queue,
+                &mut tape,
+                &mut cosigned,
+            )?;
         }
         // Release fully acknowledged segments at the front.
         while queue.front().is_some_and(|s| s.acked == s.items.len()) {

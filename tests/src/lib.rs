@@ -118,6 +118,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// A fixed producer port (so restarts keep it); default: a free one each start.
     pub port: Option<u16>,
+    /// Extra `[audit]` lines.
+    pub audit_toml: String,
 }
 
 impl Opts {
@@ -147,6 +149,7 @@ client_ca_path = "{pki}/ca.pem"
 [audit]
 checkpoint_origin = "vvgate.e2e.test/audit"
 checkpoint_key = "file:{pki}/checkpoint.pem"
+{extra_audit}
 
 [keystore]
 backend = "file"
@@ -166,6 +169,7 @@ socket_path = "{state}/control.sock"
         f = pki.foreign_pin,
         extra_gw = opts.gateway_toml,
         extra = opts.extra_toml,
+        extra_audit = opts.audit_toml,
         port = opts.port.unwrap_or(0),
     )
 }
@@ -689,6 +693,41 @@ impl StreamMessage {
 
     pub fn envelope(&self) -> serde_json::Value {
         serde_json::from_slice(&self.data).expect("envelope JSON")
+    }
+}
+
+/// A client connection to the test server, as the gateway's client certificate.
+async fn nats_connect(ns: &NatsServer, pki: &Pki, name: &str) -> vvgate::nats::Connection {
+    use vvgate::nats::{Connection, Credentials, NatsOptions};
+    let tls = vvgate::client::client_config(
+        &pki.path("ca.pem"),
+        &pki.path("nats-client.pem"),
+        &pki.path("nats-client.key"),
+    )
+    .expect("tls");
+    let opts = NatsOptions {
+        addr: SocketAddr::from(([127, 0, 0, 1], ns.port)),
+        server_name: "127.0.0.1".into(),
+        tls,
+        credentials: Credentials::load(&pki.path("nats.creds")).expect("creds"),
+        name: name.into(),
+        timeout: Duration::from_secs(10),
+    };
+    Connection::connect(&opts, name)
+        .await
+        .expect("connect to nats")
+}
+
+impl NatsServer {
+    /// Publish one core-NATS message (as a witness or another client would).
+    pub fn publish(&self, pki: &Pki, subject: &str, payload: &[u8]) {
+        smol::block_on(async {
+            let mut c = nats_connect(self, pki, "e2epub").await;
+            c.queue_pub(subject, payload);
+            c.flush().await.expect("publish");
+            // A round trip, so the server has routed the message before we disconnect.
+            let _ = c.request("$JS.API.INFO", b"", Duration::from_secs(5)).await;
+        });
     }
 }
 

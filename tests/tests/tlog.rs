@@ -507,3 +507,159 @@ fn a_corrupted_audit_table_makes_the_gateway_unready_at_start() {
     let (code, out, _) = g.vvctl(&["audit", "verify", "--config", &cfg]);
     assert_eq!(code, 1, "{out}");
 }
+
+/// A witness key (tlog-cosignature, type 0x04) and its cosignature line for a checkpoint.
+struct Witness(ring::signature::Ed25519KeyPair);
+
+impl Witness {
+    fn new() -> Self {
+        Self(ring::signature::Ed25519KeyPair::from_seed_unchecked(&[77; 32]).unwrap())
+    }
+
+    fn key(&self) -> [u8; 32] {
+        use ring::signature::KeyPair as _;
+        self.0.public_key().as_ref().try_into().unwrap()
+    }
+
+    fn vkey(&self) -> String {
+        checkpoint::vkey("witness.e2e.test", checkpoint::ALG_COSIGNATURE, &self.key())
+    }
+
+    /// The note with this witness's cosignature appended.
+    fn cosign(&self, note: &str) -> String {
+        use base64::Engine as _;
+        let body = note.split("\n\n").next().unwrap().to_owned() + "\n";
+        let t = now();
+        let msg = format!("cosignature/v1\ntime {t}\n{body}");
+        let id = checkpoint::key_id("witness.e2e.test", checkpoint::ALG_COSIGNATURE, &self.key());
+        let mut raw = id.to_be_bytes().to_vec();
+        raw.extend_from_slice(&t.to_be_bytes());
+        raw.extend_from_slice(self.0.sign(msg.as_bytes()).as_ref());
+        format!(
+            "{note}— witness.e2e.test {}\n",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+fn anchored(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
+    ns.messages(pki)
+        .into_iter()
+        .filter(|m| m.subject == "vectorvue.audit.checkpoint")
+        .collect()
+}
+
+#[test]
+fn checkpoints_are_anchored_in_the_queue_cosigned_and_a_rollback_is_caught() {
+    let dir = temp_dir("anchor");
+    let pki = Pki::new(&dir.join("pki"));
+    let ns = NatsServer::start(&pki, NatsAuth::UserPass);
+    let w = Witness::new();
+    let mut o = ns.gateway_opts(&pki, Opts::default());
+    o.audit_toml = format!(
+        "witness_keys = [\"{}\"]\ncosignature_subject = \"vectorvue.audit.cosignature\"\n",
+        w.vkey()
+    );
+    let mut g = Gateway::start_in(dir.clone(), pki.clone(), o);
+    let cfg = g.config.to_str().unwrap().to_owned();
+    let vkey = ok(g.vvctl(&["audit", "checkpoint", "--config", &cfg, "--vkey"]))
+        .trim()
+        .to_owned();
+
+    // A checkpoint is spooled, then published with Nats-Msg-Id = origin/size.
+    send_events(&g, 5);
+    let note = ok(g.vvctl(&["audit", "checkpoint", "--config", &cfg, "--now"]));
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    wait_for(20, "the checkpoint in the stream", || {
+        anchored(&ns, &pki)
+            .iter()
+            .any(|m| m.data == note.as_bytes())
+    });
+    let m = anchored(&ns, &pki)
+        .into_iter()
+        .find(|m| m.data == note.as_bytes())
+        .unwrap();
+    assert_eq!(
+        m.header("Nats-Msg-Id"),
+        Some(format!("{ORIGIN}/{size}").as_str())
+    );
+    assert_eq!(m.header("Vv-Envelope-Kind"), Some("checkpoint"));
+
+    // A witness cosigns over NATS; the gateway verifies and stores the cosignature.
+    let cosigned = w.cosign(&note);
+    ns.publish(&pki, "vectorvue.audit.cosignature", cosigned.as_bytes());
+    wait_for(20, "the stored cosignature", || {
+        let (_, out, _) = g.vvctl(&["audit", "export", "--config", &cfg, "--checkpoints"]);
+        out.contains("witness.e2e.test")
+    });
+    // A cosignature by an unknown witness, or over another body, is not stored.
+    let forged = Witness(ring::signature::Ed25519KeyPair::from_seed_unchecked(&[78; 32]).unwrap())
+        .cosign(&note);
+    ns.publish(&pki, "vectorvue.audit.cosignature", forged.as_bytes());
+    let (code, out, err) = g.vvctl(&["audit", "verify", "--config", &cfg, "--witness", &w.vkey()]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(err.contains("witness cosignatures: 1"), "{err}");
+    let stored = ok(g.vvctl(&["audit", "export", "--config", &cfg, "--checkpoints"]));
+    assert_eq!(stored.matches("— witness.e2e.test").count(), 1, "{stored}");
+    // Through the control socket too: the same cosigned note adds nothing new.
+    let f = write(&dir, "cosigned.note", &cosigned);
+    let out = ok(g.vvctl(&["audit", "cosign", "--config", &cfg, "--file", &f]));
+    assert!(out.contains("\"added\":0"), "{out}");
+
+    // Keep a copy of the state (a backup), then let the log grow and be anchored further.
+    assert_eq!(g.stop(), Some(0));
+    let db = dir.join("state").join("vvgate.redb");
+    let backup = dir.join("backup.redb");
+    std::fs::copy(&db, &backup).unwrap();
+    g.restart();
+    send_events(&g, 5);
+    let later = ok(g.vvctl(&["audit", "checkpoint", "--config", &cfg, "--now"]));
+    wait_for(20, "the later checkpoint in the stream", || {
+        anchored(&ns, &pki)
+            .iter()
+            .any(|m| m.data == later.as_bytes())
+    });
+    assert_eq!(g.stop(), Some(0));
+
+    // Root on the box restores the backup: the gateway compares its log with the newest
+    // anchored checkpoint when it connects, and stops being ready (and signing).
+    std::fs::copy(&backup, &db).unwrap();
+    g.restart();
+    wait_for(20, "audit_log_corrupt after the rollback", || {
+        g.ops_get("/readyz")
+            .body_text()
+            .contains("audit_log_corrupt")
+    });
+    let status: Value = serde_json::from_str(&g.control("{\"cmd\":\"status\"}")[0]).unwrap();
+    assert!(
+        status["audit"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{status}"
+    );
+    // Off the box: the local log checked against the anchored checkpoints.
+    let anchored_file: String = anchored(&ns, &pki)
+        .iter()
+        .map(|m| json!({ "note": String::from_utf8_lossy(&m.data) }).to_string() + "\n")
+        .collect();
+    let af = write(&dir, "anchored.jsonl", anchored_file);
+    let (code, out, err) = g.vvctl(&[
+        "audit",
+        "verify",
+        "--config",
+        &cfg,
+        "--anchored",
+        &af,
+        "--vkey",
+        &vkey,
+    ]);
+    assert_eq!(code, 1, "{out} {err}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(
+        ["log_truncated", "checkpoint_inconsistent", "root_mismatch"]
+            .contains(&v["reason"].as_str().unwrap()),
+        "{v}"
+    );
+}

@@ -77,7 +77,11 @@ fn parse_info(json: &[u8]) -> Result<ServerInfo, NatsError> {
     })
 }
 
-/// A reply delivered to our inbox.
+/// The request number given to messages of the subscription made with
+/// [`Connection::subscribe`] (requests count up from 1 and never reach it).
+pub const SUBSCRIPTION: u64 = u64::MAX;
+
+/// A reply delivered to our inbox (or a message of the subscription: id [`SUBSCRIPTION`]).
 #[derive(Debug)]
 pub struct Reply {
     /// The request number (the last token of the reply subject).
@@ -220,6 +224,26 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Subscribe to `subject` (one subscription per connection); its messages arrive as
+    /// replies with id [`SUBSCRIPTION`].
+    pub async fn subscribe(&mut self, subject: &str) -> Result<(), NatsError> {
+        let sub = format!("SUB {subject} 2\r\n");
+        self.wbuf.extend_from_slice(sub.as_bytes());
+        self.flush().await
+    }
+
+    /// Queue a plain `PUB` without a reply subject.
+    pub fn queue_pub(&mut self, subject: &str, payload: &[u8]) {
+        let w = &mut self.wbuf;
+        w.extend_from_slice(b"PUB ");
+        w.extend_from_slice(subject.as_bytes());
+        w.push(b' ');
+        crate::json::write_u64(w, u64::try_from(payload.len()).unwrap_or(0));
+        w.extend_from_slice(b"\r\n");
+        w.extend_from_slice(payload);
+        w.extend_from_slice(b"\r\n");
+    }
+
     /// The next request number.
     pub fn next_id(&mut self) -> u64 {
         let id = self.next_id;
@@ -349,11 +373,17 @@ impl Connection {
                     ServerOp::Pong => Op::Pong,
                     ServerOp::Ok | ServerOp::Info(_) => Op::Other,
                     ServerOp::Err(e) => Op::Err(e.to_owned()),
+                    ServerOp::Msg(m) if m.sid == "2" => Op::Reply(Reply {
+                        id: SUBSCRIPTION,
+                        status: m.status(),
+                        payload: m.payload.to_vec(),
+                    }),
                     ServerOp::Msg(m) => match m
                         .subject
                         .strip_prefix(self.inbox.as_str())
                         .and_then(|t| t.strip_prefix('.'))
                         .and_then(|t| t.parse::<u64>().ok())
+                        .filter(|&id| id != SUBSCRIPTION)
                     {
                         Some(id) => Op::Reply(Reply {
                             id,
