@@ -174,7 +174,21 @@ pub struct CommitConfig {
     pub nonce_retention_secs: u64,
     /// Signed checkpoints; `None` only in unit tests.
     pub checkpoint: Option<CheckpointSetup>,
+    /// Export and pruning of the audit log (with a queue only).
+    pub retention: Option<RetentionSetup>,
 }
+
+/// Audit-log retention: segments exported through the queue, then pruned locally.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionSetup {
+    /// Entries per segment (a power of two).
+    pub segment_entries: u64,
+    /// Entries kept after they were exported and anchored.
+    pub retain_entries: u64,
+}
+
+/// The largest exported chunk (a queue message).
+const EXPORT_CHUNK: usize = 256 * 1024;
 
 /// What travels to the storage thread.
 #[allow(clippy::large_enum_variant)] // nearly every message is an Op; Stop is sent once
@@ -361,6 +375,108 @@ impl StorageThread {
         )
     }
 
+    /// Export the next full segment of the audit log when it is complete: its entries in
+    /// JSONL chunks for `[audit] segment_subject`, in one spool segment spooled after a
+    /// checkpoint that covers them. Once the queue acknowledged that spool segment (so the
+    /// entries and the checkpoint are both off the box), the entries may be pruned.
+    fn rotate(&mut self) {
+        let Some(ret_cfg) = self.cfg.retention else {
+            return;
+        };
+        let Some(setup) = self.cfg.checkpoint.clone() else {
+            return;
+        };
+        if self.shared.audit_problem().is_some() {
+            return;
+        }
+        let seg = ret_cfg.segment_entries;
+        let state = self
+            .store
+            .read()
+            .and_then(|r| Ok((r.audit_head()?.index, r.audit_retention()?)));
+        let Ok((head, ret)) = state else { return };
+        let (first, last) = (ret.exported_through + 1, ret.exported_through + seg);
+        if ret.pending.is_some() || head < last {
+            return;
+        }
+        if self.shared.checkpoint_size.load(Ordering::Relaxed) < last {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "audit segment export waits for a checkpoint");
+                return;
+            }
+        }
+        let rows = match self
+            .store
+            .read()
+            .and_then(|r| r.audit_range(first, usize::try_from(seg).unwrap_or(usize::MAX)))
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the audit segment to export failed");
+                return;
+            }
+        };
+        if rows.len() as u64 != seg || rows.first().map(|r| r.0) != Some(first) {
+            self.shared.set_audit_problem(format!(
+                "entries {first} to {last} are not all in the audit table"
+            ));
+            return;
+        }
+        let mut chunks: Vec<Envelope> = Vec::new();
+        let mut body = Vec::with_capacity(EXPORT_CHUNK);
+        let mut chunk_first = first;
+        for (i, (index, line)) in rows.iter().enumerate() {
+            body.extend_from_slice(line);
+            body.push(b'\n');
+            if body.len() >= EXPORT_CHUNK - 4096 || i + 1 == rows.len() {
+                chunks.push(Envelope {
+                    kind: EnvelopeKind::AuditEntries,
+                    msg_id: format!("{}/entries/{chunk_first}-{index}", setup.origin),
+                    integrity_hash: ids::hex32(&ids::sha256(&body)),
+                    body: std::mem::take(&mut body),
+                });
+                chunk_first = index + 1;
+            }
+        }
+        let now = self.clock.now();
+        let r = self.store.batch(|b| {
+            let items = chunks
+                .iter()
+                .map(|e| SpoolItem {
+                    kind: e.kind,
+                    msg_id: &e.msg_id,
+                    integrity_hash: &e.integrity_hash,
+                    body: &e.body,
+                })
+                .collect();
+            // Audit segments pass the spool limits, like checkpoints: never lost.
+            let seq = b.spool_push(&SpoolSegment::V1 {
+                spooled_at: now.0,
+                items,
+            })?;
+            let mut ret = b.audit_retention()?;
+            ret.pending = Some((seq, last));
+            b.set_audit_retention(&ret)?;
+            Ok(b.spool_stats())
+        });
+        match r {
+            Ok(spool) => {
+                let s = &self.shared;
+                s.spool_count.store(spool.count, Ordering::Relaxed);
+                s.spool_bytes.store(spool.bytes, Ordering::Relaxed);
+                s.spool_next_seq.store(spool.next_seq, Ordering::Relaxed);
+                s.spooled.notify(usize::MAX);
+                tracing::info!(
+                    first,
+                    last,
+                    chunks = chunks.len(),
+                    "audit segment spooled for export"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "spooling the audit segment failed; retrying"),
+        }
+    }
+
     /// Merge a witness's cosignatures into the stored checkpoint they cosign.
     fn cosign(&mut self, received: &[u8]) -> Result<usize, String> {
         let Some(setup) = self.cfg.checkpoint.as_ref() else {
@@ -502,6 +618,7 @@ impl StorageThread {
             match next {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = self.checkpoint();
+                    self.rotate();
                     continue;
                 }
                 Ok(Msg::Checkpoint(reply)) => {
@@ -573,6 +690,7 @@ impl StorageThread {
                     let _ = reply.send(r.clone());
                 }
             }
+            self.rotate();
         }
         self.commit_releases(true);
         // The last checkpoint covers everything committed before the stop.
@@ -587,10 +705,12 @@ impl StorageThread {
             return;
         }
         let releases = std::mem::take(&mut self.releases);
+        let retention = self.cfg.retention;
         let remove = |b: &mut Batch<'_>| {
             for seq in &releases {
                 b.spool_remove(*seq)?;
             }
+            after_releases(b, &releases, retention)?;
             Ok(b.spool_stats())
         };
         let result = if durable {
@@ -633,6 +753,7 @@ impl StorageThread {
                 for seq in &self.releases {
                     b.spool_remove(*seq)?;
                 }
+                after_releases(b, &self.releases, self.cfg.retention)?;
                 if sweep {
                     let cutoff = now.secs().saturating_sub(self.cfg.nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
@@ -836,6 +957,38 @@ impl Envelope {
     fn len(&self) -> u64 {
         u64::try_from(self.body.len()).unwrap_or(u64::MAX)
     }
+}
+
+/// After acknowledged spool segments are deleted: an exported audit segment whose spool
+/// segment was acknowledged is exported and anchored; prune what retention allows.
+fn after_releases(
+    b: &mut Batch<'_>,
+    releases: &[u64],
+    retention: Option<RetentionSetup>,
+) -> Result<(), StorageError> {
+    let Some(cfg) = retention else {
+        return Ok(());
+    };
+    let mut ret = b.audit_retention()?;
+    let Some((seq, through)) = ret.pending else {
+        return Ok(());
+    };
+    if !releases.contains(&seq) {
+        return Ok(());
+    }
+    ret.exported_through = through;
+    ret.pending = None;
+    b.set_audit_retention(&ret)?;
+    let seg = cfg.segment_entries;
+    let target = ret.exported_through.saturating_sub(cfg.retain_entries) / seg * seg;
+    if target > ret.pruned_through {
+        b.audit_prune(target, seg.trailing_zeros())?;
+        tracing::info!(
+            through = target,
+            "audit entries pruned locally (exported and anchored)"
+        );
+    }
+    Ok(())
 }
 
 /// The rejection event type of a route (CONTRACT.md §6.4).

@@ -199,6 +199,14 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
             });
             out.write_all(&answer(r)).await
         }
+        "audit_retention" => {
+            let r = gw
+                .store
+                .read()
+                .map_err(|e| e.to_string())
+                .and_then(|r| crate::audit::query::retention(&r).map_err(|e| e.to_string()));
+            out.write_all(&answer(r)).await
+        }
         "audit_cosign" => {
             let note = doc
                 .get(Doc::ROOT, "note")

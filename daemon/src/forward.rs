@@ -163,6 +163,7 @@ pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, Forw
                 cfg.queue_subject.clone(),
                 cfg.dlq_subject.clone(),
                 cfg.audit.checkpoint_subject.clone(),
+                cfg.audit.segment_subject.clone(),
             ],
             min_duplicate_window: Duration::from_secs(retention),
         },
@@ -392,6 +393,7 @@ fn subject(cfg: &Config, kind: EnvelopeKind) -> &str {
         EnvelopeKind::Ingest => &cfg.queue_subject,
         EnvelopeKind::DeadLetter => &cfg.dlq_subject,
         EnvelopeKind::Checkpoint => &cfg.audit.checkpoint_subject,
+        EnvelopeKind::AuditEntries => &cfg.audit.segment_subject,
     }
 }
 

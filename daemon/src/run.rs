@@ -188,6 +188,12 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
             signer: Arc::clone(&p.checkpoint_signer),
             witnesses: cfg.audit.witness_keys.clone(),
         }),
+        retention: (cfg.queue_backend == crate::config::QueueBackend::Nats).then_some(
+            commit::RetentionSetup {
+                segment_entries: cfg.audit.segment_entries,
+                retain_entries: cfg.audit.retain_entries,
+            },
+        ),
     };
     let (committer, storage_thread) = commit::start(
         Arc::clone(&store),

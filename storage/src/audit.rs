@@ -9,7 +9,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::tree::{self, Frontier, Hash, HashSource, TreeError};
 use crate::{
-    AuditHead, Batch, Reader, StorageError, AUDIT, AUDIT_HASHES, AUDIT_HASHES_KEPT, CHECKPOINTS,
+    read_meta, records, AuditHead, AuditRetention, Batch, Reader, StorageError, AUDIT,
+    AUDIT_HASHES, AUDIT_HASHES_KEPT, CHECKPOINTS, META, META_AUDIT_RETENTION,
 };
 
 /// Stored hashes per block.
@@ -171,6 +172,76 @@ impl Batch<'_> {
         )?)
     }
 
+    /// Where retention stands.
+    pub fn audit_retention(&self) -> Result<AuditRetention, StorageError> {
+        read_meta(&self.meta, META_AUDIT_RETENTION, "audit retention")
+    }
+
+    /// Record where retention stands.
+    pub fn set_audit_retention(&mut self, r: &AuditRetention) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        records::encode(r, &mut buf).map_err(|e| StorageError::Corrupt {
+            what: "audit retention",
+            detail: e.to_string(),
+        })?;
+        self.meta.insert(META_AUDIT_RETENTION, buf.as_slice())?;
+        Ok(())
+    }
+
+    /// Delete entries up to `through` (a multiple of `2^keep_level`, and no more than the
+    /// committed log) and the stored hashes only they needed. Hashes of subtrees of at least
+    /// `2^keep_level` leaves are kept, so roots and proofs of every later tree (and of the
+    /// entries after `through`) still come out of storage. Updates the retention record.
+    pub fn audit_prune(&mut self, through: u64, keep_level: u32) -> Result<(), StorageError> {
+        let mut ret = self.audit_retention()?;
+        let head = self.start_head.index;
+        if through <= ret.pruned_through {
+            return Ok(());
+        }
+        if through > head || keep_level >= 64 || !through.is_multiple_of(1u64 << keep_level) {
+            return Err(TreeError::BadRequest(format!(
+                "cannot prune through entry {through} (log of {head}, segments of 2^{keep_level})"
+            ))
+            .into());
+        }
+        let last = self
+            .audit
+            .get(through)?
+            .map(|v| v.value().to_vec())
+            .ok_or(StorageError::Tree(TreeError::Missing(through)))?;
+        // The entry hash of the last pruned entry: where the local chain now starts.
+        let hash = entry_hash_of(&last).ok_or_else(|| StorageError::Corrupt {
+            what: "audit entry",
+            detail: format!("entry {through} has no entry_hash"),
+        })?;
+        // Keep the large subtrees inside the pruned range.
+        for level in keep_level..64 {
+            let count = through >> level;
+            if count == 0 {
+                break;
+            }
+            let first_new = (ret.pruned_through >> level).saturating_sub(1);
+            for n in first_new..count {
+                if (n + 1) << level <= ret.pruned_through {
+                    continue;
+                }
+                let index = tree::stored_hash_index(level, n);
+                let h = Hashes::new(&self.hashes, &self.kept)
+                    .read_hashes(&[index])?
+                    .pop()
+                    .ok_or(StorageError::Tree(TreeError::Missing(index)))?;
+                self.kept.insert(index, h)?;
+            }
+        }
+        // Blocks wholly below the pruned range's last stored hash.
+        let blocks = tree::stored_hash_count(through) / BLOCK;
+        self.hashes.retain_in(..blocks, |_, _| false)?;
+        self.audit.retain_in(..=through, |_, _| false)?;
+        ret.pruned_through = through;
+        ret.pruned_hash = hash;
+        self.set_audit_retention(&ret)
+    }
+
     /// Store (or replace, when cosignatures were added) the checkpoint note of `size`.
     pub fn checkpoint_put(&mut self, size: u64, note: &[u8]) -> Result<(), StorageError> {
         self.checkpoints.insert(size, note)?;
@@ -191,7 +262,26 @@ impl Batch<'_> {
     }
 }
 
+/// The `entry_hash` field of an entry line (64 hex digits).
+fn entry_hash_of(line: &[u8]) -> Option<[u8; 32]> {
+    const KEY: &[u8] = b"\"entry_hash\":\"";
+    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let hex = line.get(at..at + 64)?;
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl Reader {
+    /// Where retention stands.
+    pub fn audit_retention(&self) -> Result<AuditRetention, StorageError> {
+        let meta = self.txn.open_table(META)?;
+        read_meta(&meta, META_AUDIT_RETENTION, "audit retention")
+    }
+
     fn with_hashes<T>(
         &self,
         f: impl FnOnce(

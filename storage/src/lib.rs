@@ -32,7 +32,8 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment, SpoolStats,
+    AuditHead, AuditRetention, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment,
+    SpoolStats,
 };
 
 /// The on-disk format this build reads and writes.
@@ -54,6 +55,7 @@ const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinit
 const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
 const META_SPOOL_STATS: &str = "spool_stats";
+const META_AUDIT_RETENTION: &str = "audit_retention";
 
 /// A storage failure. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]

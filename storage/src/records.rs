@@ -54,6 +54,8 @@ pub enum EnvelopeKind {
     DeadLetter,
     /// A signed audit checkpoint, for `[audit] checkpoint_subject`.
     Checkpoint,
+    /// A chunk of exported audit entries (JSONL), for `[audit] segment_subject`.
+    AuditEntries,
 }
 
 impl EnvelopeKind {
@@ -63,6 +65,7 @@ impl EnvelopeKind {
             EnvelopeKind::Ingest => "ingest",
             EnvelopeKind::DeadLetter => "dead_letter",
             EnvelopeKind::Checkpoint => "checkpoint",
+            EnvelopeKind::AuditEntries => "audit_entries",
         }
     }
 }
@@ -131,6 +134,19 @@ pub struct AuditHead {
     pub hash: [u8; 32],
     /// Index of the last `log.sealed` entry (0 when none).
     pub last_seal: u64,
+}
+
+/// Where audit-log retention stands (`meta` record `audit_retention`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRetention {
+    /// Entries up to this index are exported and covered by an anchored checkpoint.
+    pub exported_through: u64,
+    /// An export in flight: its spool segment and the last entry it carries.
+    pub pending: Option<(u64, u64)>,
+    /// Entries up to this index are deleted locally.
+    pub pruned_through: u64,
+    /// `entry_hash` of entry `pruned_through` (where the local chain starts).
+    pub pruned_hash: [u8; 32],
 }
 
 /// Spool occupancy, kept in the same transactions that change it.

@@ -357,3 +357,64 @@ fn checkpoints_are_kept_by_size() {
     assert_eq!(r.checkpoint_at(1).unwrap(), Some(b"note 1".to_vec()));
     assert_eq!(r.checkpoint_at(2).unwrap(), None);
 }
+
+#[test]
+fn pruning_keeps_what_later_roots_and_proofs_need() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(&path, 1 << 20).unwrap();
+    // Real entry lines carry an entry_hash; the pruned boundary's is remembered.
+    let line = |i: u64| format!("{{\"entry_hash\":\"{:064x}\",\"index\":{i}}}", i);
+    let append = |store: &Store, r: std::ops::Range<u64>| {
+        store
+            .batch(|b| {
+                for i in r {
+                    let mut head = b.audit_head();
+                    head.index += 1;
+                    b.audit_append(head, line(i).as_bytes())?;
+                }
+                Ok(())
+            })
+            .unwrap()
+    };
+    append(&store, 1..1001);
+    let mut f = tree::Frontier::default();
+    let (mut stored, mut roots) = (Vec::new(), vec![tree::EMPTY_ROOT]);
+    for i in 1..=1100 {
+        f.append(tree::leaf_hash(line(i).as_bytes()), &mut stored);
+        roots.push(f.root());
+    }
+    // Not a multiple of the segment size, or beyond the log: refused.
+    assert!(store.batch(|b| b.audit_prune(100, 6)).is_err());
+    assert!(store.batch(|b| b.audit_prune(1024, 6)).is_err());
+    store.batch(|b| b.audit_prune(256, 6)).unwrap();
+    store.batch(|b| b.audit_prune(512, 6)).unwrap();
+    let r = store.read().unwrap();
+    let ret = r.audit_retention().unwrap();
+    assert_eq!(ret.pruned_through, 512);
+    assert_eq!(ret.pruned_hash[31], (512 % 256) as u8);
+    assert_eq!(r.audit_range(1, 10).unwrap()[0].0, 513);
+    for size in [512, 513, 640, 777, 1000] {
+        assert_eq!(r.tree_hash(size).unwrap(), roots[size as usize], "{size}");
+    }
+    for index in [513, 600, 1000] {
+        let p = r.prove_entry(1000, index).unwrap();
+        assert_eq!(
+            p,
+            tree::prove_record(1000, index - 1, stored.as_slice()).unwrap()
+        );
+    }
+    let p = r.prove_consistency(1000, 576).unwrap();
+    tree::check_tree(&p, 1000, &roots[1000], 576, &roots[576]).unwrap();
+    // Below the pruning point the small subtrees are gone.
+    assert!(matches!(
+        r.tree_hash(100),
+        Err(StorageError::Tree(tree::TreeError::Missing(_)))
+    ));
+    drop(r);
+    drop(store);
+    // After a reopen the frontier comes back and appends go on.
+    let store = Store::open(&path, 1 << 20).unwrap();
+    append(&store, 1001..1101);
+    assert_eq!(store.read().unwrap().tree_hash(1100).unwrap(), roots[1100]);
+}

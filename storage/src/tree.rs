@@ -136,6 +136,17 @@ impl Frontier {
         Ok(Self { size, nodes })
     }
 
+    /// A frontier from its parts: `nodes` are the roots of the maximal perfect subtrees of
+    /// a tree of `size` records, largest first. `None` when their number does not fit.
+    pub fn from_parts(size: u64, nodes: Vec<Hash>) -> Option<Self> {
+        (nodes.len() == size.count_ones() as usize).then_some(Self { size, nodes })
+    }
+
+    /// The roots of the maximal perfect subtrees, largest first.
+    pub fn nodes(&self) -> &[Hash] {
+        &self.nodes
+    }
+
     /// Number of records.
     pub fn size(&self) -> u64 {
         self.size

@@ -48,7 +48,7 @@ fn tally(ns: &NatsServer, pki: &Pki, sent: &[Sent]) -> Tally {
     let mut by_nonce: HashMap<String, usize> = HashMap::new();
     let mut ids = HashSet::new();
     for m in &msgs {
-        if m.subject == "vectorvue.audit.checkpoint" {
+        if m.subject.starts_with("vectorvue.audit.") {
             continue;
         }
         let env = m.envelope();
@@ -358,7 +358,7 @@ fn a_missing_or_wrong_stream_is_a_clear_start_up_error() {
             timeout: Duration::from_secs(10),
         };
         let mut conn = Connection::connect(&opts, "e2eadmin").await.unwrap();
-        let cfg = br#"{"name":"VECTORVUE_TELEMETRY","subjects":["vectorvue.telemetry.ingest","vectorvue.telemetry.dlq","vectorvue.audit.checkpoint"],"storage":"file","duplicate_window":10000000000}"#;
+        let cfg = br#"{"name":"VECTORVUE_TELEMETRY","subjects":["vectorvue.telemetry.ingest","vectorvue.telemetry.dlq","vectorvue.audit.checkpoint","vectorvue.audit.segment"],"storage":"file","duplicate_window":10000000000}"#;
         let r = conn
             .request(
                 "$JS.API.STREAM.CREATE.VECTORVUE_TELEMETRY",

@@ -663,3 +663,113 @@ fn checkpoints_are_anchored_in_the_queue_cosigned_and_a_rollback_is_caught() {
         "{v}"
     );
 }
+
+#[test]
+fn exported_segments_are_pruned_locally_and_the_whole_log_still_verifies_off_the_box() {
+    let dir = temp_dir("retention");
+    let pki = Pki::new(&dir.join("pki"));
+    let ns = NatsServer::start(&pki, NatsAuth::UserPass);
+    let mut o = ns.gateway_opts(&pki, Opts::default().with("rate_limit_per_minute = 100000"));
+    o.audit_toml = "segment_entries = 64\nretain_entries = 64\n".into();
+    let mut g = Gateway::start_in(dir.clone(), pki.clone(), o);
+    let cfg = g.config.to_str().unwrap().to_owned();
+    let vkey = ok(g.vvctl(&["audit", "checkpoint", "--config", &cfg, "--vkey"]))
+        .trim()
+        .to_owned();
+    send_events(&g, 300);
+    let retention = || -> Value {
+        serde_json::from_str(&g.control("{\"cmd\":\"audit_retention\"}")[0]).unwrap()
+    };
+    wait_for(30, "entries exported and pruned", || {
+        retention()["pruned_through"].as_u64().unwrap_or(0) >= 128
+    });
+    let ret = retention();
+    let pruned = ret["pruned_through"].as_u64().unwrap();
+    let exported = ret["exported_through"].as_u64().unwrap();
+    assert_eq!(pruned % 64, 0);
+    assert!(exported >= pruned + 64, "{ret}");
+
+    // Locally: the log starts after the pruned entries and still verifies.
+    let (code, out, err) = g.vvctl(&["audit", "verify", "--config", &cfg]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        err.contains(&format!("starts after entry {pruned}")),
+        "{err}"
+    );
+    let (code, _, err) = g.vvctl(&["audit", "prove", "--config", &cfg, "--index", "1"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not exist") || err.contains("pruned"),
+        "{err}"
+    );
+    ok(g.vvctl(&["audit", "checkpoint", "--config", &cfg, "--now"]));
+    let proof = ok(g.vvctl(&[
+        "audit",
+        "prove",
+        "--config",
+        &cfg,
+        "--index",
+        &(pruned + 1).to_string(),
+    ]));
+    let pf = write(&dir, "p.proof", &proof);
+    ok(g.vvctl(&["audit", "check-proof", "--file", &pf, "--vkey", &vkey]));
+
+    // Off the box: the exported segments plus the local tail are the whole log, and every
+    // anchored checkpoint matches it.
+    let msgs = ns.messages(&pki);
+    let mut segments: Vec<(u64, Vec<u8>)> = msgs
+        .iter()
+        .filter(|m| m.subject == "vectorvue.audit.segment")
+        .map(|m| {
+            let id = m.header("Nats-Msg-Id").unwrap();
+            let range = id.rsplit('/').next().unwrap();
+            let first: u64 = range.split('-').next().unwrap().parse().unwrap();
+            assert_eq!(
+                m.header("Vv-Integrity-Hash").unwrap(),
+                vvgate::ids::hex32(&vvgate::ids::sha256(&m.data)).as_str()
+            );
+            (first, m.data.clone())
+        })
+        .collect();
+    segments.sort_by_key(|(f, _)| *f);
+    let mut whole = Vec::new();
+    for (_, data) in &segments {
+        whole.extend_from_slice(data);
+    }
+    let exported_lines = String::from_utf8(whole).unwrap();
+    let local = ok(g.vvctl(&["audit", "export", "--config", &cfg]));
+    let local_first: u64 = serde_json::from_str::<Value>(local.lines().next().unwrap()).unwrap()
+        ["index"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(local_first, pruned + 1);
+    let mut all: Vec<&str> = exported_lines
+        .lines()
+        .take(usize::try_from(pruned).unwrap())
+        .collect();
+    all.extend(local.lines());
+    let file = write(&dir, "whole.jsonl", all.join("\n") + "\n");
+    let anchored_file: String = anchored(&ns, &pki)
+        .iter()
+        .map(|m| json!({ "note": String::from_utf8_lossy(&m.data) }).to_string() + "\n")
+        .collect();
+    let af = write(&dir, "anchored.jsonl", anchored_file);
+    let (code, out, err) = vvctl(&[
+        "audit",
+        "verify",
+        "--file",
+        &file,
+        "--anchored",
+        &af,
+        "--vkey",
+        &vkey,
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(!err.contains(" 0 verified"), "{err}");
+
+    // A restart re-reads the pruned tree and is ready.
+    assert_eq!(g.stop(), Some(0));
+    g.restart();
+    assert_eq!(g.ops_get("/readyz").status, 200);
+    send_events(&g, 3);
+}

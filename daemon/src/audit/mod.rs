@@ -202,7 +202,15 @@ pub fn startup_check(
     let r = store.read().map_err(|e| e.to_string())?;
     let head = r.audit_head().map_err(|e| e.to_string())?;
     if head.index > 0 {
-        let first = head.index.saturating_sub(STARTUP_TAIL - 1).max(1);
+        let pruned = r
+            .audit_retention()
+            .map_err(|e| e.to_string())?
+            .pruned_through;
+        let first = head
+            .index
+            .saturating_sub(STARTUP_TAIL - 1)
+            .max(pruned + 1)
+            .max(1);
         let rows = r
             .audit_range(first, usize::try_from(STARTUP_TAIL).unwrap_or(256))
             .map_err(|e| e.to_string())?;

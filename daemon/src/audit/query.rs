@@ -245,3 +245,36 @@ pub fn consistency(r: &Reader, from: u64, to: Option<u64>) -> Result<Value, Quer
         "to_checkpoint": note(to)?,
     }))
 }
+
+/// Where the local log starts after pruning: `{"pruned_through":N,"pruned_hash":"hex",
+/// "frontier":[b64…],"exported_through":M}` (what a verifier of the local log needs).
+pub fn retention(r: &Reader) -> Result<Value, QueryError> {
+    let ret = r.audit_retention()?;
+    let frontier = r.frontier(ret.pruned_through)?;
+    Ok(json!({
+        "pruned_through": ret.pruned_through,
+        "pruned_hash": if ret.pruned_through == 0 {
+            String::new()
+        } else {
+            crate::ids::hex32(&ret.pruned_hash).to_string()
+        },
+        "frontier": frontier.nodes().iter().map(b64).collect::<Vec<_>>(),
+        "exported_through": ret.exported_through,
+    }))
+}
+
+/// The verifier's starting point from a [`retention`] answer (`None` for a whole log).
+pub fn start_of(v: &Value) -> Option<(u64, vvgate_storage::tree::Frontier, String)> {
+    let through = v["pruned_through"].as_u64().filter(|&t| t > 0)?;
+    let nodes = v["frontier"]
+        .as_array()?
+        .iter()
+        .map(|h| {
+            B64.decode(h.as_str()?)
+                .ok()
+                .and_then(|b| <Hash>::try_from(b).ok())
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let frontier = vvgate_storage::tree::Frontier::from_parts(through, nodes)?;
+    Some((through, frontier, v["pruned_hash"].as_str()?.to_owned()))
+}

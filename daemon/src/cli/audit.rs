@@ -380,10 +380,19 @@ fn verify(a: &VerifyArgs) -> Result<(), CliError> {
                 .map(|cp| cp.size)
         })
         .collect();
-    let opts = VerifyOptions {
+    let mut opts = VerifyOptions {
         upstream: a.upstream,
         ..VerifyOptions::default()
     };
+    // A gateway's pruned log starts after its last pruned entry.
+    if let (None, Some(src)) = (&a.file, &src) {
+        let v = ask_one(src, &json!({"cmd": "audit_retention"}), query::retention)?;
+        if let Some((through, frontier, hash)) = query::start_of(&v) {
+            eprintln!("the local log starts after entry {through} (earlier entries were exported and pruned)");
+            opts.first_index = Some(through + 1);
+            opts.start = Some((frontier, hash));
+        }
+    }
     let entries = match (&a.file, &src) {
         (Some(p), _) => {
             let reader: Box<dyn BufRead> = if p.as_os_str() == "-" {

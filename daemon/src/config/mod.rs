@@ -189,6 +189,12 @@ pub struct AuditConfig {
     pub witness_keys: Vec<crate::audit::checkpoint::VerifierKey>,
     /// Where witnesses publish cosigned checkpoints (NATS); `None`: only `vvctl audit cosign`.
     pub cosignature_subject: Option<String>,
+    /// Where exported audit segments are published (NATS).
+    pub segment_subject: String,
+    /// Entries per exported segment (a power of two).
+    pub segment_entries: u64,
+    /// Entries kept locally after they are exported and anchored.
+    pub retain_entries: u64,
 }
 
 #[derive(Clone, Debug)]

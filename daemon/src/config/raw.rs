@@ -120,6 +120,9 @@ pub(crate) struct RawAudit {
     pub(crate) export_path: Option<String>,
     pub(crate) witness_keys: Option<Vec<String>>,
     pub(crate) cosignature_subject: Option<String>,
+    pub(crate) segment_subject: Option<String>,
+    pub(crate) segment_entries: Option<i64>,
+    pub(crate) retain_entries: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -667,6 +667,11 @@ pub(super) fn validate(
     let checkpoint_key = c
         .required("audit.checkpoint_key", a.checkpoint_key)
         .and_then(|v| c.key_ref("audit.checkpoint_key", &v, mode));
+    if a.export_path.is_some() {
+        c.warnings.push(
+            "audit.export_path (VV_TAMPER_LOG_PATH) is accepted for compatibility but unused: the log lives in the database; export it with `vvctl audit export`, and off the box it is exported through audit.segment_subject".into(),
+        );
+    }
     let audit = AuditConfig {
         seal_every: c.int("audit.seal_every", a.seal_every, 50, 1, 1_000_000),
         seal_interval_seconds: c.int(
@@ -701,6 +706,34 @@ pub(super) fn validate(
         cosignature_subject: a
             .cosignature_subject
             .map(|v| c.subject("audit.cosignature_subject", Some(v), "")),
+        segment_subject: c.subject(
+            "audit.segment_subject",
+            a.segment_subject,
+            "vectorvue.audit.segment",
+        ),
+        segment_entries: {
+            let v = c.int(
+                "audit.segment_entries",
+                a.segment_entries,
+                8192,
+                16,
+                1 << 20,
+            );
+            if !v.is_power_of_two() {
+                c.bad(
+                    "audit.segment_entries",
+                    format!("must be a power of two (got {v})"),
+                );
+            }
+            v
+        },
+        retain_entries: c.int(
+            "audit.retain_entries",
+            a.retain_entries,
+            1 << 20,
+            0,
+            1 << 40,
+        ),
     };
 
     // [federation]
