@@ -107,6 +107,35 @@ fn write_hashes(
     Ok(())
 }
 
+/// Up to `limit` entries (index, line) from index `from` on. Entry rows are keyed by the
+/// index of their first entry and hold the lines of one group commit joined by `\n`.
+pub(crate) fn entries_from<T>(
+    table: &T,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StorageError>
+where
+    T: ReadableTable<u64, &'static [u8]>,
+{
+    let start = match table.range(..=from)?.next_back() {
+        Some(row) => row?.0.value(),
+        None => from,
+    };
+    let mut out = Vec::new();
+    for row in table.range(start..)? {
+        let (k, v) = row?;
+        for (index, line) in (k.value()..).zip(v.value().split(|&b| b == b'\n')) {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            if index >= from {
+                out.push((index, line.to_vec()));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Build the tree from the entries of a format-2 database (once, at upgrade).
 pub(crate) fn build_tree(txn: &WriteTransaction, head: &AuditHead) -> Result<(), StorageError> {
     let audit = txn.open_table(AUDIT)?;
@@ -121,10 +150,12 @@ pub(crate) fn build_tree(txn: &WriteTransaction, head: &AuditHead) -> Result<(),
                 detail: format!("entry {} follows entry {}", k.value(), frontier.size()),
             });
         }
-        let start = tree::stored_hash_count(frontier.size());
-        pending.clear();
-        frontier.append(tree::leaf_hash(v.value()), &mut pending);
-        write_hashes(&mut blocks, start, &pending)?;
+        for line in v.value().split(|&b| b == b'\n') {
+            let start = tree::stored_hash_count(frontier.size());
+            pending.clear();
+            frontier.append(tree::leaf_hash(line), &mut pending);
+            write_hashes(&mut blocks, start, &pending)?;
+        }
     }
     if frontier.size() != head.index {
         return Err(StorageError::Corrupt {
@@ -148,6 +179,17 @@ impl Batch<'_> {
         let start = tree::stored_hash_count(self.start_head.index);
         write_hashes(&mut self.hashes, start, &self.pending)?;
         self.pending.clear();
+        Ok(())
+    }
+
+    /// Write this transaction's entries as one row.
+    pub(crate) fn flush_entries(&mut self) -> Result<(), StorageError> {
+        if self.pending_lines.is_empty() {
+            return Ok(());
+        }
+        self.audit
+            .insert(self.start_head.index + 1, self.pending_lines.as_slice())?;
+        self.pending_lines.clear();
         Ok(())
     }
 
@@ -204,13 +246,21 @@ impl Batch<'_> {
             ))
             .into());
         }
-        let last = self
+        // The row holding entry `through` (it may hold later entries too).
+        let (row_key, row) = self
             .audit
-            .get(through)?
-            .map(|v| v.value().to_vec())
+            .range(..=through)?
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| (k.value(), v.value().to_vec()))
+            .ok_or(StorageError::Tree(TreeError::Missing(through)))?;
+        let lines: Vec<&[u8]> = row.split(|&b| b == b'\n').collect();
+        let at = usize::try_from(through - row_key).unwrap_or(usize::MAX);
+        let last = *lines
+            .get(at)
             .ok_or(StorageError::Tree(TreeError::Missing(through)))?;
         // The entry hash of the last pruned entry: where the local chain now starts.
-        let hash = entry_hash_of(&last).ok_or_else(|| StorageError::Corrupt {
+        let hash = entry_hash_of(last).ok_or_else(|| StorageError::Corrupt {
             what: "audit entry",
             detail: format!("entry {through} has no entry_hash"),
         })?;
@@ -237,6 +287,10 @@ impl Batch<'_> {
         let blocks = tree::stored_hash_count(through) / BLOCK;
         self.hashes.retain_in(..blocks, |_, _| false)?;
         self.audit.retain_in(..=through, |_, _| false)?;
+        if at + 1 < lines.len() {
+            let rest = lines[at + 1..].join(&b'\n');
+            self.audit.insert(through + 1, rest.as_slice())?;
+        }
         ret.pruned_through = through;
         ret.pruned_hash = hash;
         self.set_audit_retention(&ret)

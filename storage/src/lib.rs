@@ -5,7 +5,7 @@
 //! | `nonces` | `[u8; 24]`: signed timestamp (u64 big-endian) ‖ first 16 bytes of SHA-256(nonce) | [`NonceRecord`] |
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
 //! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
-//! | `audit` | u64 entry index (1, 2, 3, …) | the entry's CJSON line |
+//! | `audit` | u64 index of the row's first entry | the CJSON lines of the entries one group commit appended, joined by `\n` (one row per commit, not per entry) |
 //! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
@@ -295,11 +295,13 @@ impl Store {
                 start_stats: spool_stats,
                 frontier,
                 pending: Vec::new(),
+                pending_lines: Vec::new(),
                 buf: Vec::with_capacity(256),
             };
             let out = f(&mut b)?;
             b.flush_meta()?;
             b.flush_hashes()?;
+            b.flush_entries()?;
             (out, b.frontier)
         };
         txn.commit()?;
@@ -390,6 +392,8 @@ pub struct Batch<'t> {
     frontier: tree::Frontier,
     /// Hashes stored by this transaction's appends, from `stored_hash_count(start_head.index)`.
     pending: Vec<tree::Hash>,
+    /// Entry lines appended by this transaction, joined by `\n` (one row at the end).
+    pending_lines: Vec<u8>,
     buf: Vec<u8>,
 }
 
@@ -494,7 +498,16 @@ impl<'t> Batch<'t> {
                 ),
             });
         }
-        self.audit.insert(head.index, line)?;
+        if line.contains(&b'\n') {
+            return Err(StorageError::Corrupt {
+                what: "audit entry",
+                detail: "an entry line contains a newline".into(),
+            });
+        }
+        if !self.pending_lines.is_empty() {
+            self.pending_lines.push(b'\n');
+        }
+        self.pending_lines.extend_from_slice(line);
         self.frontier
             .append(tree::leaf_hash(line), &mut self.pending);
         self.audit_head = head;
@@ -541,12 +554,7 @@ impl Reader {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let table = self.txn.open_table(AUDIT)?;
-        let mut out = Vec::new();
-        for item in table.range(from..)?.take(limit) {
-            let (k, v) = item?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        audit::entries_from(&table, from, limit)
     }
 
     /// Up to `limit` spool segments (sequence, encoded [`SpoolSegment`]) starting at `from`.

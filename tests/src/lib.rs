@@ -888,3 +888,33 @@ impl Load {
             .collect()
     }
 }
+
+/// Root on the box: rewrite the audit entries of a stopped gateway's database directly
+/// (`f` gets every entry line in order and may change, drop or reorder them). The table is
+/// written back with one entry per row, a layout the gateway reads like its own.
+pub fn rewrite_audit_table(db_path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    use redb::ReadableTable;
+    const AUDIT: redb::TableDefinition<'static, u64, &'static [u8]> =
+        redb::TableDefinition::new("audit");
+    let db = redb::Database::create(db_path).expect("open the database");
+    let txn = db.begin_write().expect("write txn");
+    {
+        let mut t = txn.open_table(AUDIT).expect("audit table");
+        let mut first = None;
+        let mut lines = Vec::new();
+        for row in t.iter().expect("rows") {
+            let (k, v) = row.expect("row");
+            first.get_or_insert(k.value());
+            for l in v.value().split(|&b| b == b'\n') {
+                lines.push(String::from_utf8(l.to_vec()).expect("UTF-8 entry"));
+            }
+        }
+        let first = first.unwrap_or(1);
+        f(&mut lines);
+        t.retain(|_, _| false).expect("clear");
+        for (i, l) in lines.iter().enumerate() {
+            t.insert(first + i as u64, l.as_bytes()).expect("insert");
+        }
+    }
+    txn.commit().expect("commit");
+}

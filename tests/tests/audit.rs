@@ -131,23 +131,13 @@ fn tampering_with_the_database_is_detected() {
     let mut g = busy_gateway();
     assert_eq!(g.stop(), Some(0));
     let db_path = g.dir.join("state").join("vvgate.redb");
-    {
-        // Root on the box: rewrite entry 3 in place.
-        use redb::ReadableTable;
-        const AUDIT: redb::TableDefinition<'static, u64, &'static [u8]> =
-            redb::TableDefinition::new("audit");
-        let db = redb::Database::create(&db_path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(AUDIT).unwrap();
-            let line = t.get(3).unwrap().unwrap().value().to_vec();
-            let text = String::from_utf8(line).unwrap();
-            let forged = text.replacen("\"request_id\":\"", "\"request_id\":\"f", 1);
-            assert_ne!(forged, text);
-            t.insert(3, forged.as_bytes()).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    // Root on the box: rewrite entry 3 in place.
+    rewrite_audit_table(&db_path, |lines| {
+        let text = lines[2].clone();
+        let forged = text.replacen("\"request_id\":\"", "\"request_id\":\"f", 1);
+        assert_ne!(forged, text);
+        lines[2] = forged;
+    });
     let state = g.dir.join("state");
     let (code, out, _) = vvctl(&["audit", "verify", "--state-dir", state.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");

@@ -473,21 +473,11 @@ fn a_corrupted_audit_table_makes_the_gateway_unready_at_start() {
     assert_eq!(g.ops_get("/readyz").status, 200);
     assert_eq!(g.stop(), Some(0));
     let db_path = g.dir.join("state").join("vvgate.redb");
-    {
-        // Root on the box deletes the last two entries and moves the head back: a
-        // consistent-looking chain, shorter than its checkpoint.
-        const AUDIT: redb::TableDefinition<'static, u64, &'static [u8]> =
-            redb::TableDefinition::new("audit");
-        let db = redb::Database::create(&db_path).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            use redb::ReadableTableMetadata;
-            let mut t = txn.open_table(AUDIT).unwrap();
-            let n = t.len().unwrap();
-            t.remove(n).unwrap();
-        }
-        txn.commit().unwrap();
-    }
+    // Root on the box deletes the last entry: a consistent-looking chain, shorter than
+    // its head and its checkpoint.
+    rewrite_audit_table(&db_path, |lines| {
+        lines.pop();
+    });
     g.restart();
     let r = g.ops_get("/readyz");
     assert_eq!(r.status, 503);

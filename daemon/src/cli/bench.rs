@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// One JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Measure the audit log's append cost per request instead (no gateway needed).
+    #[arg(long)]
+    pub audit: bool,
+    /// Entries appended with --audit.
+    #[arg(long, default_value_t = 200_000)]
+    pub audit_entries: usize,
 }
 
 const NONCE_MARK: &str = "ffffffff-ffff-4fff-bfff-fffffffffffe";
@@ -188,6 +194,9 @@ struct ThreadResult {
 }
 
 pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliError> {
+    if args.audit {
+        return super::bench_audit::run(args.audit_entries, args.json);
+    }
     let t = Arc::new(resolve_producer(w, pa)?);
     let pid = match args.pid {
         Some(p) => Some(p),

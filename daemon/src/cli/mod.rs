@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+mod bench_audit;
 pub mod send;
 pub mod spool;
 
