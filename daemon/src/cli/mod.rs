@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod keys;
 pub mod send;
 pub mod spool;
 
