@@ -300,6 +300,16 @@ fn hsm_gateway_serves_mtls_and_signs_with_token_keys() {
         generated[1]["public_key_b64"].as_str(),
         Some(B64.encode(cp_public).as_str())
     );
+    // The gateway checks a transcript before it appends it: a changed one is refused.
+    let mut forged = entries[1].1.clone();
+    forged["transcript"]["officers"][1] = "Mallory".into();
+    let req = serde_json::json!({"cmd": "keys_transcript", "transcript": forged});
+    let refused = vvgate::cli::control(&g.control, &req.to_string());
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("does not verify")),
+        "{refused:?}"
+    );
+    assert_eq!(ceremony_entries(&g).len(), 3, "nothing appended");
     // A signed checkpoint covers the last one.
     let last = entries
         .last()
