@@ -222,6 +222,10 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
             };
             out.write_all(&answer(r)).await
         }
+        "keys_transcript" => {
+            let r = crate::keys::append_via_gateway(gw, line.trim_end()).await;
+            out.write_all(&answer(r)).await
+        }
         _ => out.write_all(b"{\"error\":\"unknown command\"}\n").await,
     }
 }

@@ -156,6 +156,18 @@ impl DevCa {
         Ok((cert.pem(), key.serialize_pem(), cert.der().to_vec()))
     }
 
+    /// Issue a server certificate for a certificate signing request (its subject and
+    /// subjectAltNames, e.g. a CSR made by `vvctl keys csr` for a key in the token). Returns
+    /// the certificate PEM.
+    pub fn sign_csr(&self, csr_pem: &str) -> Result<String, DevPkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params.is_ca = IsCa::ExplicitNoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(&random::<16>()?));
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
     /// Issue a client certificate into `dir/<name>.pem` and `<name>.key`; returns its pin.
     pub fn issue_client(&self, dir: &Path, name: &str, cn: &str) -> Result<String, DevPkiError> {
         let (cert, key, der) = self.issue(cn, &[])?;

@@ -13,5 +13,8 @@ pub const SOFTWARE: u8 = 70;
 pub const CANTCREAT: u8 = 73;
 /// Storage I/O failed (database open, format).
 pub const IOERR: u8 = 74;
+/// The key store refused the PIN (incorrect, locked, expired). Never retried: list it in
+/// `RestartPreventExitStatus=` so that a restart loop cannot lock the token.
+pub const NOPERM: u8 = 77;
 /// Invalid configuration.
 pub const CONFIG: u8 = 78;

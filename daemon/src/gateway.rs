@@ -33,6 +33,10 @@ const HEALTHZ: &[u8] = b"/healthz";
 const READYZ: &[u8] = b"/readyz";
 const METRICS: &[u8] = b"/metrics";
 
+/// Asks the key store whether it can serve now (no PKCS#11 call; readiness reason
+/// `keystore_unavailable`).
+pub type KeystoreProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// State shared by every task on the event loop.
 pub struct Gateway {
     pub cfg: Rc<Config>,
@@ -59,6 +63,7 @@ pub struct Gateway {
     limits: ConnLimits,
     /// The audit log's verifier key (`origin+id+key`), for operators and verifiers.
     pub audit_vkey: String,
+    keystore_ready: Option<KeystoreProbe>,
 }
 
 impl Gateway {
@@ -69,6 +74,7 @@ impl Gateway {
         committer: Committer,
         catalogue: Option<Catalogue>,
         audit_vkey: String,
+        keystore_ready: Option<KeystoreProbe>,
     ) -> Self {
         let limits = ConnLimits {
             max_header_bytes: cfg.limits.max_header_bytes,
@@ -79,6 +85,7 @@ impl Gateway {
         };
         Self {
             audit_vkey,
+            keystore_ready,
             default_body_limit: cfg.limits.max_body_bytes == 1_048_576,
             limits,
             cfg,
@@ -280,6 +287,9 @@ impl Gateway {
         }
         if s.audit_corrupt.load(Ordering::Relaxed) {
             let _ = reasons.push("audit_log_corrupt");
+        }
+        if self.keystore_ready.as_ref().is_some_and(|ready| !ready()) {
+            let _ = reasons.push("keystore_unavailable");
         }
         if s.spool_count.load(Ordering::Relaxed) >= self.cfg.spool_max_events
             || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes

@@ -20,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod json;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod nats;

@@ -17,6 +17,7 @@ use futures_lite::StreamExt;
 use smol::net::TcpListener;
 use smol::{LocalExecutor, Timer};
 use vvgate_hsm::file::FileKeyStore;
+use vvgate_hsm::pkcs11::Pkcs11KeyStore;
 use vvgate_hsm::{HsmError, KeyStore};
 use vvgate_storage::{StorageError, Store};
 
@@ -36,6 +37,9 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("key store: {0}")]
     Keys(#[from] HsmError),
+    /// A key store problem, named by the configuration key it concerns.
+    #[error("{key}: {source}")]
+    Key { key: String, source: HsmError },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("storage: {0}")]
@@ -69,7 +73,13 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) | RunError::Catalogue { .. } => exit::CONFIG,
-            RunError::Keys(_) => exit::UNAVAILABLE,
+            RunError::Keys(HsmError::PinRejected { .. })
+            | RunError::Key {
+                source: HsmError::PinRejected { .. },
+                ..
+            }
+            | RunError::Tls(TlsError::ServerKey(HsmError::PinRejected { .. })) => exit::NOPERM,
+            RunError::Keys(_) | RunError::Key { .. } => exit::UNAVAILABLE,
             RunError::Tls(TlsError::ServerKey(_)) => exit::UNAVAILABLE,
             RunError::Tls(_) => exit::CONFIG,
             RunError::Storage(_) => exit::IOERR,
@@ -88,32 +98,67 @@ pub struct Prepared {
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
     checkpoint_signer: Arc<dyn vvgate_hsm::RecordSigner>,
+    /// Whether the key store can serve now; `None` for key files. It owns the PKCS#11 store,
+    /// which must live as long as the keys taken from it.
+    keystore_ready: Option<gateway::KeystoreProbe>,
+}
+
+/// Open the configured key store: for PKCS#11 one read-only session and one login (a refused
+/// PIN is never retried: exit code 77).
+fn open_keystore(
+    cfg: &Config,
+) -> Result<(Arc<dyn KeyStore>, Option<gateway::KeystoreProbe>), RunError> {
+    let p11 = match (cfg.keystore.backend, &cfg.keystore.pkcs11) {
+        (KeystoreBackend::File, _) => return Ok((Arc::new(FileKeyStore::new()), None)),
+        (KeystoreBackend::Pkcs11, Some(p)) => p,
+        (KeystoreBackend::Pkcs11, None) => {
+            return Err(RunError::Key {
+                key: "keystore".into(),
+                source: HsmError::NotReady("no PKCS#11 token configured".into()),
+            })
+        }
+    };
+    let store = Pkcs11KeyStore::open(p11).map_err(|source| RunError::Key {
+        key: match &source {
+            HsmError::Module { .. } => "keystore.module",
+            HsmError::Token { .. } => "keystore.token_label/token_serial",
+            _ => "keystore.pin_file",
+        }
+        .into(),
+        source,
+    })?;
+    tracing::info!(module = %p11.module.display(), token = %p11.token, "PKCS#11 key store open (read-only session, user logged in)");
+    let store = Arc::new(store);
+    let probe = Arc::clone(&store);
+    Ok((store, Some(Arc::new(move || probe.is_ready()))))
 }
 
 /// Check keys, TLS material and the catalogue without opening storage or sockets
 /// (`vvgated --check-config` stops here).
 pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
-    let keystore: Box<dyn KeyStore> = match cfg.keystore.backend {
-        KeystoreBackend::File => Box::new(FileKeyStore::new()),
-        // Refused by config validation in this build.
-        KeystoreBackend::Pkcs11 => {
-            return Err(RunError::Keys(HsmError::WrongBackend {
-                key: "keystore.backend".into(),
-                backend: "pkcs11",
-            }))
-        }
-    };
+    let (keystore, keystore_ready) = open_keystore(&cfg)?;
+    let key_err = |key: String| move |source| RunError::Key { key, source };
     let server_config = tls::server_config(&cfg, keystore.as_ref())?;
-    let checkpoint_signer = keystore.record_signer(&cfg.audit.checkpoint_key)?;
+    let checkpoint_signer = keystore
+        .record_signer(&cfg.audit.checkpoint_key)
+        .map_err(key_err("audit.checkpoint_key".into()))?;
     for (kid, key) in &cfg.feedback_keys {
-        if let Err(e) = keystore.record_signer(key) {
-            tracing::warn!(kid, error = %e, "feedback key unusable; the feedback route will answer 503");
+        match keystore.record_signer(key) {
+            Ok(_) => {}
+            Err(e @ HsmError::WeakKey { .. }) => {
+                return Err(key_err(format!(
+                    "telemetry_gateway.feedback_ed25519_keys.{kid}"
+                ))(e))
+            }
+            Err(e) => {
+                tracing::warn!(kid, error = %e, "feedback key unusable; the feedback route will answer 503")
+            }
         }
     }
     for (kid, key) in &cfg.evidence.keys {
         keystore
             .kek(key)
-            .inspect_err(|_| tracing::error!(kid, "evidence key unusable"))?;
+            .map_err(key_err(format!("evidence.keys.{kid}")))?;
     }
     let catalogue = if cfg.enforce_mitre_catalogue {
         Some(match &cfg.mitre_catalogue_path {
@@ -140,6 +185,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         catalogue,
         forward,
         checkpoint_signer,
+        keystore_ready,
     })
 }
 
@@ -230,6 +276,7 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         committer.clone(),
         p.catalogue,
         audit_key.to_string(),
+        p.keystore_ready.clone(),
     ));
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);

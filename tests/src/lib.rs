@@ -918,3 +918,408 @@ pub fn rewrite_audit_table(db_path: &Path, f: impl FnOnce(&mut Vec<String>)) {
     }
     txn.commit().expect("commit");
 }
+
+// ---------------------------------------------------------------------------------------
+// PKCS#11: one SoftHSM token directory per test; keys made by the ceremonies themselves
+// (`vvctl keys`), gateways configured with `[keystore] backend = "pkcs11"`.
+
+/// The PKCS#11 module under test: `VVGATE_PKCS11_MODULE`, default Debian's SoftHSM. The
+/// tests fail (they do not skip) when it is absent: `scripts/test-all.sh` installs softhsm2.
+pub fn pkcs11_module() -> PathBuf {
+    let m = std::env::var_os("VVGATE_PKCS11_MODULE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    assert!(
+        m.exists(),
+        "PKCS#11 module {} not found: apt-get install softhsm2 opensc (scripts/test-all.sh does)",
+        m.display()
+    );
+    m
+}
+
+/// The officers of the test ceremonies.
+pub const OFFICER_A: &str = "Security";
+pub const OFFICER_B: &str = "Platform";
+
+/// A throwaway SoftHSM token store (its own `SOFTHSM2_CONF` and token directory) and the
+/// files of one token's ceremonies: the officers' share files, the gateway's PIN file and
+/// the transcripts.
+#[derive(Clone, Debug)]
+pub struct SoftHsm {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub module: PathBuf,
+    pub label: String,
+}
+
+impl SoftHsm {
+    /// A new token store in `dir` (created); the token is made by [`SoftHsm::init`].
+    pub fn new(dir: &Path, label: &str) -> Self {
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).expect("token dir");
+        std::fs::create_dir_all(dir.join("transcripts")).expect("transcript dir");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                tokens.display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        Self {
+            dir: dir.to_owned(),
+            conf,
+            module: pkcs11_module(),
+            label: label.to_owned(),
+        }
+    }
+
+    /// The same token store, another token (label) with its own files.
+    pub fn other_token(&self, label: &str) -> Self {
+        let dir = self.dir.join(label);
+        std::fs::create_dir_all(dir.join("transcripts")).expect("dir");
+        Self {
+            dir,
+            conf: self.conf.clone(),
+            module: self.module.clone(),
+            label: label.to_owned(),
+        }
+    }
+
+    /// The environment of every process that uses the token.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("SOFTHSM2_CONF".to_owned(), self.conf.display().to_string())]
+    }
+
+    pub fn share_a(&self) -> PathBuf {
+        self.dir.join("share-a.txt")
+    }
+
+    pub fn share_b(&self) -> PathBuf {
+        self.dir.join("share-b.txt")
+    }
+
+    pub fn pin_file(&self) -> PathBuf {
+        self.dir.join("hsm-pin")
+    }
+
+    pub fn transcripts(&self) -> PathBuf {
+        self.dir.join("transcripts")
+    }
+
+    /// The combined user PIN (from the gateway's PIN file).
+    pub fn user_pin(&self) -> String {
+        std::fs::read_to_string(self.pin_file()).expect("PIN file")
+    }
+
+    /// Run `vvctl` with the token's environment.
+    pub fn vvctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("vvctl"))
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("vvctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The token and officer arguments of a ceremony with the standard share files.
+    pub fn ceremony_args(&self) -> Vec<String> {
+        self.ceremony_args_with(OFFICER_A, &self.share_a(), OFFICER_B, &self.share_b())
+    }
+
+    pub fn ceremony_args_with(
+        &self,
+        officer_a: &str,
+        share_a: &Path,
+        officer_b: &str,
+        share_b: &Path,
+    ) -> Vec<String> {
+        vec![
+            "--module".into(),
+            self.module.display().to_string(),
+            "--token-label".into(),
+            self.label.clone(),
+            "--officer-a".into(),
+            officer_a.into(),
+            "--share-a".into(),
+            share_a.display().to_string(),
+            "--officer-b".into(),
+            officer_b.into(),
+            "--share-b".into(),
+            share_b.display().to_string(),
+        ]
+    }
+
+    /// `vvctl keys <sub> <ceremony args> <extra>`; transcripts go to
+    /// [`SoftHsm::transcripts`].
+    pub fn keys(&self, sub: &str, extra: &[&str]) -> (i32, String, String) {
+        let mut args: Vec<String> = vec!["keys".into(), sub.into()];
+        args.extend(self.ceremony_args());
+        if sub != "list" {
+            args.push("--transcript-dir".into());
+            args.push(self.transcripts().display().to_string());
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.vvctl(&refs)
+    }
+
+    /// Like [`SoftHsm::keys`], asserting success.
+    pub fn keys_ok(&self, sub: &str, extra: &[&str]) -> String {
+        let (code, out, err) = self.keys(sub, extra);
+        assert_eq!(code, 0, "vvctl keys {sub} {extra:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    /// `vvctl keys init` (no gateway yet: `--no-audit`).
+    pub fn init(&self) -> String {
+        let pin = self.pin_file().display().to_string();
+        self.keys_ok("init", &["--pin-file", &pin, "--no-audit"])
+    }
+
+    /// The token's keys as `vvctl keys list --json` reports them.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.keys_ok("list", &["--json"]);
+        serde_json::from_str::<serde_json::Value>(out.trim())
+            .expect("list JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The public key of `key_ref` on the token.
+    pub fn public_key(&self, key_ref: &str) -> Vec<u8> {
+        use base64::Engine;
+        let keys = self.list();
+        let k = keys
+            .iter()
+            .find(|k| k["key_ref"] == key_ref)
+            .unwrap_or_else(|| panic!("{key_ref} not on the token: {keys:?}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(k["public_key_b64"].as_str().unwrap_or_default())
+            .expect("public key base64")
+    }
+
+    /// Transcript files, oldest first.
+    pub fn transcript_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.transcripts())
+            .expect("transcripts")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Run `pkcs11-tool` (opensc) on the token with the user PIN.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.module)
+            .args(["--token-label", &self.label, "--login", "--pin"])
+            .arg(self.user_pin())
+            .args(args)
+            .envs(self.env())
+            .output()
+            .expect("pkcs11-tool (apt-get install opensc)");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The token's flags line (`pkcs11-tool -T`, no login).
+    pub fn token_flags(&self) -> String {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(&self.module)
+            .arg("-T")
+            .envs(self.env())
+            .output()
+            .expect("pkcs11-tool");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut in_token = false;
+        for line in text.lines() {
+            if line.contains("token label") {
+                in_token = line.split(':').nth(1).map(str::trim) == Some(self.label.as_str());
+            }
+            if in_token && line.contains("token flags") {
+                return line.to_owned();
+            }
+        }
+        panic!("token {} not listed:\n{text}", self.label)
+    }
+}
+
+/// The key references a token-backed gateway uses.
+#[derive(Clone, Debug)]
+pub struct HsmKeys {
+    pub tls: String,
+    pub checkpoint: String,
+    pub feedback: String,
+    pub kek: String,
+}
+
+impl Default for HsmKeys {
+    fn default() -> Self {
+        Self {
+            tls: "pkcs11:0101".into(),
+            checkpoint: "pkcs11:0201".into(),
+            feedback: "pkcs11:0301".into(),
+            kek: "pkcs11:0401".into(),
+        }
+    }
+}
+
+/// The checkpoint origin of token-backed test gateways.
+pub const HSM_ORIGIN: &str = "vvgate.e2e.hsm/audit";
+
+/// A production configuration whose keys are all in `hsm`'s token; `cert` is the TLS
+/// certificate of `keys.tls`, `pin_file` the user PIN file.
+pub fn hsm_config_text(
+    dir: &Path,
+    pki: &Pki,
+    hsm: &SoftHsm,
+    cert: &Path,
+    keys: &HsmKeys,
+    pin_file: &Path,
+) -> String {
+    format!(
+        r#"[telemetry_gateway]
+mode = "production"
+state_dir = "{state}"
+listen = "127.0.0.1:0"
+spectrastrike_ed25519_public_key_b64 = "{pk}"
+allowed_service_identities = {{ "spectrastrike-producer" = "{p}" }}
+operator_tenant_map = {{ "op-001" = "10000000-0000-0000-0000-000000000001" }}
+feedback_active_kid = "fb-v1"
+feedback_ed25519_keys = {{ "fb-v1" = "{feedback}" }}
+
+[tls]
+server_cert_path = "{cert}"
+server_key = "{tls}"
+client_ca_path = "{pki}/ca.pem"
+
+[audit]
+checkpoint_origin = "{HSM_ORIGIN}"
+checkpoint_key = "{checkpoint}"
+
+[keystore]
+backend = "pkcs11"
+module = "{module}"
+token_label = "{label}"
+pin_file = "{pin}"
+
+[ops]
+listen = "127.0.0.1:0"
+
+[control]
+socket_path = "{state}/control.sock"
+
+[evidence]
+active_key_id = "kek-v1"
+keys = {{ "kek-v1" = "{kek}" }}
+"#,
+        state = dir.join("state").display(),
+        pki = pki.dir.display(),
+        pk = pki.producer_public_b64,
+        p = pki.producer_pin,
+        cert = cert.display(),
+        tls = keys.tls,
+        checkpoint = keys.checkpoint,
+        feedback = keys.feedback,
+        kek = keys.kek,
+        module = hsm.module.display(),
+        label = hsm.label,
+        pin = pin_file.display(),
+    )
+}
+
+impl Gateway {
+    /// Start `vvgated` on `config_text` (written to `dir/vvgate.toml`) with `env` added.
+    /// [`Gateway::restart`] would rewrite the configuration: use [`Gateway::restart_as_is`].
+    pub fn start_with_config(
+        dir: PathBuf,
+        pki: Pki,
+        config_text: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        let config = dir.join("vvgate.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        let log = dir.join(format!(
+            "vvgated-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut g = Self {
+            dir,
+            pki,
+            opts: Opts {
+                env,
+                ..Opts::default()
+            },
+            config,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control: PathBuf::new(),
+            child: None,
+            log,
+        };
+        g.spawn();
+        g
+    }
+
+    /// Stop (asserting a clean exit) and start again on the configuration file as it is.
+    pub fn restart_as_is(&mut self) {
+        if self.child.is_some() {
+            let code = self.stop();
+            assert_eq!(code, Some(0), "vvgated exit status\n{}", self.log_text());
+        }
+        self.log = self.dir.join(format!(
+            "vvgated-{}.log",
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.spawn();
+    }
+
+    /// Whether the process is still running (not yet stopped by the test).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Run `vvgated ARGS` with `env` added, expecting it to exit by itself; returns (exit code,
+/// stderr).
+pub fn vvgated_exit_env(args: &[&str], env: &[(String, String)], secs: u64) -> (i32, String) {
+    let mut child = Command::new(bin("vvgated"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vvgated");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vvgated kept running; expected a start-up refusal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -89,6 +89,11 @@ enum Cmd {
         #[command(flatten)]
         state: State,
     },
+    /// Key ceremonies on the PKCS#11 token, under dual control (docs/key-ceremony.md).
+    Keys {
+        #[command(subcommand)]
+        cmd: cli::keys::KeysCmd,
+    },
     /// Load a running gateway with pre-signed requests and report throughput, latency, CPU, RSS.
     Bench {
         #[command(flatten)]
@@ -143,6 +148,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 "the gateway is not running (no control socket)".into(),
             )),
         },
+        Cmd::Keys { cmd } => cli::keys::run(cmd),
         Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),
     }
 }

@@ -292,18 +292,15 @@ fn log_vkey(src: &StateSource) -> Result<String, CliError> {
     let cfg = src.config.as_ref().ok_or_else(|| {
         CliError::Usage("the log's verifier key is unknown: pass --vkey, --dev or --config".into())
     })?;
-    use vvgate_hsm::KeyStore as _;
-    let signer = vvgate_hsm::file::FileKeyStore::new()
-        .record_signer(&cfg.audit.checkpoint_key)
-        .map_err(|e| {
-            CliError::Usage(format!(
-                "cannot read the checkpoint key ({e}); pass the log's verifier key with --vkey"
-            ))
-        })?;
+    let public = crate::keys::checkpoint_public_key(cfg).map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read the checkpoint key ({e}); pass the log's verifier key with --vkey"
+        ))
+    })?;
     Ok(checkpoint::vkey(
         &cfg.audit.checkpoint_origin,
         checkpoint::ALG_ED25519,
-        &signer.public_key(),
+        &public,
     ))
 }
 

@@ -45,6 +45,12 @@ pub struct BenchArgs {
     /// Entries appended with --audit.
     #[arg(long, default_value_t = 200_000)]
     pub audit_entries: usize,
+    /// Measure new connections instead: each connection thread opens a connection (a full
+    /// mutual-TLS handshake; the gateway never resumes sessions), sends `GET /healthz`, reads
+    /// the answer and closes, in a loop. Reports handshakes/s and the gateway's CPU per
+    /// handshake (where the TLS key's signature is made: in memory or in the token).
+    #[arg(long)]
+    pub handshakes: bool,
 }
 
 const NONCE_MARK: &str = "ffffffff-ffff-4fff-bfff-fffffffffffe";
@@ -213,6 +219,9 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             })
         }
     };
+    if args.handshakes {
+        return handshakes(&t, pid, args);
+    }
     let conns = args.connections.max(1);
     let total = if args.requests > 0 {
         args.requests
@@ -436,6 +445,131 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     if ok == 0 || errors > 0 || statuses.keys().any(|&s| s != 202) {
         return Err(CliError::Failed(format!(
             "not every request was accepted: statuses {statuses:?}, errors {errors}"
+        )));
+    }
+    Ok(())
+}
+
+/// `--handshakes`: full handshakes (plus one small request each) per second.
+fn handshakes(t: &Arc<ProducerTarget>, pid: Option<u32>, args: &BenchArgs) -> Result<(), CliError> {
+    const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let conns = args.connections.max(1);
+    let warm = Duration::from_secs_f64(args.warmup);
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            let (t, barrier, stop) = (Arc::clone(t), Arc::clone(&barrier), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut res = ThreadResult {
+                    latencies_us: Vec::new(),
+                    statuses: BTreeMap::new(),
+                    errors: 0,
+                };
+                barrier.wait();
+                let start = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let r = Connection::connect_tls(
+                        t.addr,
+                        &t.server_name,
+                        t.producer.tls.clone(),
+                        Duration::from_secs(30),
+                    )
+                    .and_then(|mut c| c.send(HEALTH));
+                    if t0.duration_since(start) < warm {
+                        continue;
+                    }
+                    match r {
+                        Ok(r) => {
+                            res.latencies_us
+                                .push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            *res.statuses.entry(r.status).or_default() += 1;
+                        }
+                        Err(_) => res.errors += 1,
+                    }
+                }
+                res
+            })
+        })
+        .collect();
+    let load_before = loadavg();
+    barrier.wait();
+    std::thread::sleep(warm);
+    let cpu0 = pid.and_then(proc_stats);
+    let measured_start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    let cpu1 = pid.and_then(proc_stats);
+    let measured = measured_start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut errors = 0;
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| CliError::Failed("a bench thread panicked".into()))?;
+        lat.extend(r.latencies_us);
+        for (s, n) in r.statuses {
+            *statuses.entry(s).or_default() += n;
+        }
+        errors += r.errors;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((lat.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(lat[i]) / 1000.0
+    };
+    let n = lat.len();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = n as f64 / measured;
+    let (cpu_us, cpu_share) = match (cpu0, cpu1) {
+        #[allow(clippy::cast_precision_loss)]
+        (Some((c0, _, _)), Some((c1, _, _))) if n > 0 => {
+            ((c1 - c0) * 1e6 / n as f64, (c1 - c0) / measured * 100.0)
+        }
+        _ => (0.0, 0.0),
+    };
+    let load_after = loadavg();
+    if args.json {
+        println!(
+            "{{\"mode\":\"handshakes\",\"connections\":{conns},\"duration_s\":{measured:.3},\"handshakes\":{n},\"errors\":{errors},\"handshakes_per_s\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"gateway_cpu_us_per_handshake\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\"}}",
+            pct(0.5),
+            pct(0.99),
+        );
+    } else {
+        let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        println!(
+            "handshakes  {n} in {measured:.2} s ({}), errors {errors}: full mutual-TLS handshake + GET /healthz each",
+            status_list.join(", ")
+        );
+        println!("rate        {rate:.0} handshakes/s");
+        println!(
+            "latency     p50 {:.2} ms   p99 {:.2} ms",
+            pct(0.5),
+            pct(0.99)
+        );
+        match pid {
+            Some(p) => println!(
+                "gateway     pid {p}: {cpu_us:.1} µs CPU/handshake ({cpu_share:.0}% of a core)"
+            ),
+            None => println!(
+                "gateway     pid unknown (pass --pid or --config with a reachable control socket)"
+            ),
+        }
+        println!("load        {load_before} -> {load_after}");
+    }
+    if n == 0 || errors > 0 || statuses.keys().any(|&s| s != 200) {
+        return Err(CliError::Failed(format!(
+            "not every handshake succeeded: statuses {statuses:?}, errors {errors}"
         )));
     }
     Ok(())

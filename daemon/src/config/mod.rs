@@ -210,12 +210,24 @@ pub enum KeystoreBackend {
     Pkcs11,
 }
 
+impl KeystoreBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeystoreBackend::File => "file",
+            KeystoreBackend::Pkcs11 => "pkcs11",
+        }
+    }
+}
+
+/// The PKCS#11 module used when `[keystore] module` and `VVGATE_PKCS11_MODULE` are unset
+/// (Debian's SoftHSM; a real HSM names its vendor library).
+pub const DEFAULT_PKCS11_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
 #[derive(Clone, Debug)]
 pub struct KeystoreConfig {
     pub backend: KeystoreBackend,
-    pub module: Option<PathBuf>,
-    pub token_label: Option<String>,
-    pub pin_file: Option<PathBuf>,
+    /// The module, token and PIN file; set exactly when `backend` is `Pkcs11`.
+    pub pkcs11: Option<vvgate_hsm::pkcs11::Pkcs11Config>,
 }
 
 #[derive(Clone, Debug)]

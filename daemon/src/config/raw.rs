@@ -144,6 +144,7 @@ pub(crate) struct RawKeystore {
     pub(crate) backend: Option<String>,
     pub(crate) module: Option<String>,
     pub(crate) token_label: Option<String>,
+    pub(crate) token_serial: Option<String>,
     pub(crate) pin_file: Option<String>,
 }
 

@@ -297,3 +297,140 @@ fn every_key_and_variable_is_documented() {
         );
     }
 }
+
+fn pkcs11_config(keystore: &str) -> String {
+    minimal()
+        .replace("mode = \"dev\"", "mode = \"production\"")
+        .replace("file:server.key", "pkcs11:0101")
+        .replace("file:checkpoint.pem", "pkcs11:0201")
+        + keystore
+}
+
+#[test]
+fn pkcs11_key_store_is_configured_by_label_or_serial() {
+    let c = parse_env(
+        &pkcs11_config("[keystore]\ntoken_label = \"vvgate\"\npin_file = \"hsm-pin\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        c.keystore.backend,
+        KeystoreBackend::Pkcs11,
+        "production default"
+    );
+    let p = c.keystore.pkcs11.unwrap();
+    assert_eq!(p.module, Path::new(DEFAULT_PKCS11_MODULE));
+    assert_eq!(
+        p.token,
+        vvgate_hsm::pkcs11::TokenSelector::Label("vvgate".into())
+    );
+    assert_eq!(p.pin_file, Path::new("/etc/vvgate/hsm-pin"));
+    assert_eq!(
+        c.tls.server_key,
+        vvgate_hsm::KeyRef::Pkcs11 { id: vec![1, 1] }
+    );
+
+    let c = parse_env(
+        &pkcs11_config(
+            "[keystore]\nbackend = \"pkcs11\"\nmodule = \"/opt/hsm/lib.so\"\ntoken_serial = \"4f2a\"\npin_file = \"/run/credentials/vvgated.service/hsm-pin\"\n",
+        ),
+        &[("VVGATE_PKCS11_MODULE", "/usr/lib/vendor/pkcs11.so")],
+    )
+    .unwrap();
+    let p = c.keystore.pkcs11.unwrap();
+    assert_eq!(
+        p.module,
+        Path::new("/usr/lib/vendor/pkcs11.so"),
+        "the variable wins"
+    );
+    assert_eq!(
+        p.token,
+        vvgate_hsm::pkcs11::TokenSelector::Serial("4f2a".into())
+    );
+}
+
+#[test]
+fn pkcs11_problems_name_their_keys() {
+    let p = problems(parse_env(&pkcs11_config("[keystore]\n"), &[]));
+    assert!(has(&p, "keystore.token_label", "required"), "{p:?}");
+    assert!(has(&p, "keystore.pin_file", "required"), "{p:?}");
+
+    let p = problems(parse_env(
+        &pkcs11_config("[keystore]\ntoken_label = \"a\"\ntoken_serial = \"b\"\npin_file = \"p\"\n"),
+        &[],
+    ));
+    assert!(has(&p, "keystore.token_serial", "not both"), "{p:?}");
+
+    let long = "x".repeat(33);
+    let p = problems(parse_env(
+        &pkcs11_config(&format!(
+            "[keystore]\ntoken_label = \"{long}\"\npin_file = \"p\"\n"
+        )),
+        &[],
+    ));
+    assert!(has(&p, "keystore.token_label", "1–32 bytes"), "{p:?}");
+
+    // Keys of the wrong purpose or shape.
+    let text = pkcs11_config("[keystore]\ntoken_label = \"t\"\npin_file = \"p\"\n")
+        .replace("pkcs11:0201", "pkcs11:0301")
+        .replace("pkcs11:0101", "pkcs11:01");
+    let p = problems(parse_env(&text, &[]));
+    assert!(
+        has(&p, "audit.checkpoint_key", "is a feedback key"),
+        "{p:?}"
+    );
+    assert!(has(&p, "tls.server_key", "two bytes"), "{p:?}");
+    assert_eq!(p.len(), 2, "{p:?}");
+}
+
+#[test]
+fn key_references_must_belong_to_the_key_store() {
+    // A file key with the PKCS#11 store (dev mode, where file keys are otherwise allowed).
+    let text =
+        minimal() + "[keystore]\nbackend = \"pkcs11\"\ntoken_label = \"t\"\npin_file = \"p\"\n";
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "tls.server_key", "backend is \"pkcs11\""), "{p:?}");
+    assert!(has(&p, "audit.checkpoint_key", "file key"), "{p:?}");
+    // A PKCS#11 key with the file store.
+    let text = minimal().replace("file:checkpoint.pem", "pkcs11:0201");
+    let p = problems(parse_env(&text, &[]));
+    assert!(
+        has(&p, "audit.checkpoint_key", "backend is \"file\""),
+        "{p:?}"
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    // The file store in production.
+    let text = pkcs11_config("[keystore]\nbackend = \"file\"\n");
+    let p = problems(parse_env(&text, &[]));
+    assert!(has(&p, "keystore.backend", "development only"), "{p:?}");
+    // PKCS#11 settings with the file store are ignored with a warning.
+    let c = parse_env(&(minimal() + "[keystore]\npin_file = \"p\"\n"), &[]).unwrap();
+    assert!(c.keystore.pkcs11.is_none());
+    assert!(
+        c.warnings.iter().any(|w| w.contains("keystore.pin_file")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn every_keystore_key_is_documented() {
+    let doc = include_str!("../../../docs/config.md");
+    let section = doc
+        .split("## `[keystore]`")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/config.md has a [keystore] section");
+    for key in [
+        "backend",
+        "module",
+        "token_label",
+        "token_serial",
+        "pin_file",
+    ] {
+        assert!(
+            section.contains(&format!("| `{key}` |")),
+            "docs/config.md [keystore] lacks {key}"
+        );
+    }
+}

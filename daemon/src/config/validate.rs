@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
+use vvgate_hsm::pkcs11::{Pkcs11Config, Purpose, TokenSelector};
 use vvgate_hsm::KeyRef;
 
 use super::raw::{PinSpec, RawConfig};
@@ -17,6 +18,9 @@ struct Checker<'b> {
     problems: Vec<Problem>,
     warnings: Vec<String>,
     base: &'b Path,
+    mode: Mode,
+    /// The key store every key reference must belong to.
+    backend: KeystoreBackend,
 }
 
 impl Checker<'_> {
@@ -75,18 +79,62 @@ impl Checker<'_> {
         }
     }
 
-    fn key_ref(&mut self, key: &str, v: &str, mode: Mode) -> Option<KeyRef> {
+    /// A key reference for `key`, of the configured key store; a PKCS#11 `CKA_ID` must be
+    /// `purpose ‖ version` with one of the `purposes` (so that, say, the feedback key cannot
+    /// be configured as the checkpoint key).
+    fn key_ref(&mut self, key: &str, v: &str, purposes: &[Purpose]) -> Option<KeyRef> {
         match KeyRef::parse(v) {
             Ok(KeyRef::File(p)) => {
-                if mode == Mode::Production {
+                if self.mode == Mode::Production {
                     self.bad(
                         key,
                         "file keys are refused in production mode; use pkcs11:<CKA_ID>",
                     );
+                } else if self.backend == KeystoreBackend::Pkcs11 {
+                    self.bad(
+                        key,
+                        format!("{v:?} is a file key but [keystore] backend is \"pkcs11\"; use pkcs11:<hex CKA_ID>"),
+                    );
                 }
                 Some(KeyRef::File(self.path(&p.to_string_lossy())))
             }
-            Ok(r) => Some(r),
+            Ok(r @ KeyRef::Pkcs11 { .. }) => {
+                if self.backend == KeystoreBackend::File {
+                    self.bad(
+                        key,
+                        format!("{r} is a PKCS#11 key but [keystore] backend is \"file\""),
+                    );
+                    return Some(r);
+                }
+                let KeyRef::Pkcs11 { id } = &r else {
+                    return Some(r);
+                };
+                let purpose = match id.as_slice() {
+                    [p, v] if *v > 0 => Purpose::from_byte(*p),
+                    _ => None,
+                };
+                let want = purposes
+                    .iter()
+                    .map(|p| format!("{} ({:02x}xx)", p.name(), p.byte()))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                match purpose {
+                    Some(p) if purposes.contains(&p) => {}
+                    Some(p) => self.bad(
+                        key,
+                        format!(
+                            "{r} is a {} key (CKA_ID purpose byte {:02x}); this key must be a {want} key",
+                            p.name(),
+                            p.byte()
+                        ),
+                    ),
+                    None => self.bad(
+                        key,
+                        format!("{r}: a CKA_ID is two bytes, purpose ‖ version (version ≥ 1); expected {want}"),
+                    ),
+                }
+                Some(r)
+            }
             Err(e) => {
                 self.bad(key, e.to_string());
                 None
@@ -181,6 +229,101 @@ fn is_canonical_uuid(s: &str) -> bool {
         })
 }
 
+/// The `[keystore]` section. `VVGATE_PKCS11_MODULE` has already replaced `module`.
+fn keystore(c: &mut Checker<'_>, ks: super::raw::RawKeystore, mode: Mode) -> KeystoreConfig {
+    let default_backend = if mode == Mode::Dev { "file" } else { "pkcs11" };
+    let backend = match ks.backend.as_deref().unwrap_or(default_backend) {
+        "file" => {
+            if mode == Mode::Production {
+                c.bad(
+                    "keystore.backend",
+                    "the file key store is for development only and refused in production mode",
+                );
+            }
+            KeystoreBackend::File
+        }
+        "pkcs11" => KeystoreBackend::Pkcs11,
+        other => {
+            c.bad(
+                "keystore.backend",
+                format!("must be file or pkcs11 (got {other:?})"),
+            );
+            KeystoreBackend::File
+        }
+    };
+    if backend == KeystoreBackend::File {
+        for (key, set) in [
+            ("keystore.module", ks.module.is_some()),
+            ("keystore.token_label", ks.token_label.is_some()),
+            ("keystore.token_serial", ks.token_serial.is_some()),
+            ("keystore.pin_file", ks.pin_file.is_some()),
+        ] {
+            if set {
+                c.warnings.push(format!(
+                    "{key} is only used with [keystore] backend = \"pkcs11\" and is ignored"
+                ));
+            }
+        }
+        return KeystoreConfig {
+            backend,
+            pkcs11: None,
+        };
+    }
+    let module = c.path(ks.module.as_deref().unwrap_or(DEFAULT_PKCS11_MODULE));
+    // CK_TOKEN_INFO: a 32-byte label, a 16-byte serial number.
+    let field = |c: &mut Checker<'_>, key: &str, v: String, max: usize| {
+        let t = v.trim_end().to_owned();
+        if t.is_empty() || t.len() > max || t.chars().any(char::is_control) {
+            c.bad(
+                key,
+                format!("must be 1–{max} bytes of printable text (got {v:?})"),
+            );
+            return None;
+        }
+        Some(t)
+    };
+    let token = match (ks.token_label, ks.token_serial) {
+        (Some(_), Some(_)) => {
+            c.bad(
+                "keystore.token_serial",
+                "set token_label or token_serial, not both",
+            );
+            None
+        }
+        (Some(l), None) => field(c, "keystore.token_label", l, 32).map(TokenSelector::Label),
+        (None, Some(s)) => field(c, "keystore.token_serial", s, 16).map(TokenSelector::Serial),
+        (None, None) => {
+            c.bad(
+                "keystore.token_label",
+                "is required with backend = \"pkcs11\" (or token_serial)",
+            );
+            None
+        }
+    };
+    let pin_file = match ks.pin_file {
+        Some(p) if !p.is_empty() => Some(c.path(&p)),
+        _ => {
+            c.bad(
+                "keystore.pin_file",
+                "is required with backend = \"pkcs11\": the file holding the token's user PIN \
+                 (a systemd credential, e.g. $CREDENTIALS_DIRECTORY/hsm-pin)",
+            );
+            None
+        }
+    };
+    KeystoreConfig {
+        backend,
+        pkcs11: match (token, pin_file) {
+            (Some(token), Some(pin_file)) => Some(Pkcs11Config {
+                module,
+                token,
+                pin_file,
+            }),
+            _ => None,
+        },
+    }
+}
+
 pub(super) fn validate(
     raw: RawConfig,
     base: &Path,
@@ -191,6 +334,8 @@ pub(super) fn validate(
         problems,
         warnings,
         base,
+        mode: Mode::Production,
+        backend: KeystoreBackend::Pkcs11,
     };
     let g = raw.telemetry_gateway;
     const G: &str = "telemetry_gateway";
@@ -207,6 +352,10 @@ pub(super) fn validate(
             Mode::Production
         }
     };
+    c.mode = mode;
+    // The key store first: every key reference below must belong to it.
+    let keystore = keystore(&mut c, raw.keystore, mode);
+    c.backend = keystore.backend;
     let state_dir = c.path(g.state_dir.as_deref().unwrap_or("/var/lib/vvgate"));
     let listen = c.addr(&k("listen"), g.listen, "0.0.0.0:8443");
 
@@ -460,7 +609,7 @@ pub(super) fn validate(
             c.bad(&key, "key ids are 1–128 characters without '|'");
             continue;
         }
-        if let Some(r) = c.key_ref(&key, &r, mode) {
+        if let Some(r) = c.key_ref(&key, &r, &[Purpose::Feedback]) {
             feedback_keys.insert(kid, r);
         }
     }
@@ -577,7 +726,7 @@ pub(super) fn validate(
         .map(|p| c.path(&p));
     let server_key = c
         .required("tls.server_key", t.server_key)
-        .and_then(|v| c.key_ref("tls.server_key", &v, mode));
+        .and_then(|v| c.key_ref("tls.server_key", &v, &[Purpose::Tls, Purpose::TlsEd25519]));
     let client_ca_path = c
         .required("tls.client_ca_path", t.client_ca_path)
         .map(|p| c.path(&p));
@@ -604,7 +753,7 @@ pub(super) fn validate(
     let nats_key = n
         .key
         .as_deref()
-        .and_then(|v| c.key_ref("nats.key", v, mode));
+        .and_then(|v| c.key_ref("nats.key", v, &[Purpose::Tls, Purpose::TlsEd25519]));
     let nats = NatsConfig {
         url: g.nats_url.clone(),
         ca_path: n.ca_path.as_deref().map(|p| c.path(p)),
@@ -666,7 +815,7 @@ pub(super) fn validate(
     }
     let checkpoint_key = c
         .required("audit.checkpoint_key", a.checkpoint_key)
-        .and_then(|v| c.key_ref("audit.checkpoint_key", &v, mode));
+        .and_then(|v| c.key_ref("audit.checkpoint_key", &v, &[Purpose::Checkpoint]));
     if a.export_path.is_some() {
         c.warnings.push(
             "audit.export_path (VV_TAMPER_LOG_PATH) is accepted for compatibility but unused: the log lives in the database; export it with `vvctl audit export`, and off the box it is exported through audit.segment_subject".into(),
@@ -755,41 +904,6 @@ pub(super) fn validate(
 
     let ops_listen = c.addr("ops.listen", raw.ops.listen, "127.0.0.1:9464");
 
-    // [keystore]
-    let ks = raw.keystore;
-    let default_backend = if mode == Mode::Dev { "file" } else { "pkcs11" };
-    let backend = match ks.backend.as_deref().unwrap_or(default_backend) {
-        "file" => {
-            if mode == Mode::Production {
-                c.bad(
-                    "keystore.backend",
-                    "the file key store is for development only and refused in production mode",
-                );
-            }
-            KeystoreBackend::File
-        }
-        "pkcs11" => {
-            c.bad(
-                "keystore.backend",
-                "the pkcs11 key store is not available in this build; use mode = \"dev\" with backend = \"file\"",
-            );
-            KeystoreBackend::Pkcs11
-        }
-        other => {
-            c.bad(
-                "keystore.backend",
-                format!("must be file or pkcs11 (got {other:?})"),
-            );
-            KeystoreBackend::File
-        }
-    };
-    let keystore = KeystoreConfig {
-        backend,
-        module: ks.module.as_deref().map(|p| c.path(p)),
-        token_label: ks.token_label,
-        pin_file: ks.pin_file.as_deref().map(|p| c.path(p)),
-    };
-
     // [control]
     let ctl = raw.control;
     let id = |c: &mut Checker<'_>, key: &str, v: Option<i64>| -> Option<u32> {
@@ -820,7 +934,7 @@ pub(super) fn validate(
             c.bad(&key, "key ids are 1–128 characters without '|'");
             continue;
         }
-        if let Some(r) = c.key_ref(&key, &r, mode) {
+        if let Some(r) = c.key_ref(&key, &r, &[Purpose::Kek]) {
             ev_keys.insert(kid, r);
         }
     }
