@@ -438,7 +438,16 @@ impl Gateway {
     /// Count a refused handshake; entries are written once a second, coalesced by reason.
     pub fn tls_rejected(&self, reason: &'static str) {
         self.metrics.tls_rejected(reason);
-        *self.tls_rejects.borrow_mut().entry(reason).or_default() += 1;
+        let mut pending = self.tls_rejects.borrow_mut();
+        let n = pending.entry(reason).or_default();
+        *n += 1;
+        if *n == 1 && reason == "keystore_unavailable" {
+            // The gateway's own fault, not the client's: said once per flush interval (the
+            // audit entry carries the count), so a retrying fleet cannot flood the journal.
+            tracing::warn!(
+                "TLS handshake failed: the key store cannot sign with the server key (readiness keystore_unavailable until the token answers again)"
+            );
+        }
     }
 
     /// Write pending `tls.rejected` entries (fire-and-forget).

@@ -235,6 +235,9 @@ pub fn classify(err: &io::Error) -> &'static str {
             }
             _ => "certificate_invalid",
         },
+        rustls::Error::Other(o) if o.0.downcast_ref::<vvgate_hsm::HsmError>().is_some() => {
+            "keystore_unavailable"
+        }
         rustls::Error::PeerIncompatible(_) => "incompatible_client",
         rustls::Error::InvalidMessage(_) => "malformed_handshake",
         _ => "handshake_failed",

@@ -707,3 +707,69 @@ fn hsm_ceremonies_refuse_bad_input_clearly() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whether a connection and one signed event get through.
+fn event_gets_through(g: &Gateway) -> bool {
+    let p = g.pki.producer();
+    let Ok(mut c) = vvgate::client::Connection::connect_tls(
+        g.addr,
+        "localhost",
+        p.tls.clone(),
+        std::time::Duration::from_secs(10),
+    ) else {
+        return false;
+    };
+    c.send(&request(&p, &valid()))
+        .is_ok_and(|r| r.status == 202)
+}
+
+#[test]
+fn hsm_token_removed_at_runtime_fails_handshakes_then_recovers() {
+    let p = Provisioned::new("hsm-removed");
+    let g = p.start();
+    assert_eq!(send_event(&g), 202);
+
+    // The token disappears (its directory moved away: SoftHSM no longer finds it).
+    let tokens = p.hsm.dir.join("tokens");
+    let away = p.hsm.dir.join("tokens-away");
+    std::fs::rename(&tokens, &away).expect("remove the token");
+    std::fs::create_dir_all(&tokens).expect("empty token directory");
+    assert!(
+        !event_gets_through(&g),
+        "a handshake needs the server key in the token"
+    );
+    wait_for(10, "readiness keystore_unavailable", || {
+        let r = g.ops_get("/readyz");
+        r.status == 503 && r.body_text().contains("keystore_unavailable")
+    });
+    assert_eq!(
+        g.ops_get("/healthz").status,
+        200,
+        "the daemon keeps running"
+    );
+    wait_for(10, "the handshake failure metric", || {
+        g.ops_get("/metrics")
+            .body_text()
+            .contains("vvgate_tls_handshake_failures_total{reason=\"keystore_unavailable\"}")
+    });
+    assert!(
+        g.log_text()
+            .contains("the key store cannot sign with the server key"),
+        "{}",
+        g.log_text()
+    );
+
+    // The token comes back: the gateway recovers on its own, without a restart.
+    std::fs::remove_dir_all(&tokens).expect("empty directory");
+    std::fs::rename(&away, &tokens).expect("token back");
+    wait_for(20, "readiness after the token is back", || {
+        g.ops_get("/readyz").status == 200
+    });
+    assert!(event_gets_through(&g), "handshakes work again");
+    wait_for(10, "the refusals in the audit log", || {
+        g.audit().iter().any(|e| {
+            e["event_type"] == "tls.rejected"
+                && e["details"]["sub_reason"] == "keystore_unavailable"
+        })
+    });
+}

@@ -119,6 +119,9 @@ impl Cached {
 
 struct State {
     ctx: Option<Pkcs11>,
+    /// The module, for a fresh `C_Initialize` when the token went away (some modules, SoftHSM
+    /// among them, only see a token again after that).
+    module: PathBuf,
     selector: TokenSelector,
     pin: AuthPin,
     session: Option<Session>,
@@ -151,6 +154,7 @@ pub(crate) fn spawn(
             };
             let mut state = State {
                 ctx: Some(ctx),
+                module,
                 selector,
                 pin,
                 session: None,
@@ -188,9 +192,21 @@ pub(crate) fn spawn(
 
 const SELF_TEST_MSG: &[u8] = b"vvgate-hsm key self-test";
 
+/// While the session is lost, how often the thread tries to get it back on its own (so
+/// readiness recovers without waiting for a handshake to need the key).
+const RECOVER_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl State {
     fn run(&mut self, rx: &Receiver<Request>) {
-        while let Ok(req) = rx.recv() {
+        loop {
+            let req = match rx.recv_timeout(RECOVER_EVERY) {
+                Ok(req) => req,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.recover();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             match req {
                 Request::Close => break,
                 Request::Load {
@@ -290,6 +306,27 @@ impl State {
         self.session = Some(session);
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Get a lost session back: reopen and log in; when the token cannot be found that way,
+    /// finalise and initialise the module again and retry once. Never after a refused PIN
+    /// (a crash-looping or retrying service must not lock the token).
+    fn recover(&mut self) {
+        if self.session.is_some() || self.pin_rejected.is_some() {
+            return;
+        }
+        match self.reconnect() {
+            Ok(()) | Err(HsmError::PinRejected { .. }) => {}
+            Err(_) => {
+                if let Some(ctx) = self.ctx.take() {
+                    token::finalize(ctx);
+                }
+                self.ctx = token::load_module(&self.module).ok();
+                if self.ctx.is_some() {
+                    let _ = self.reconnect();
+                }
+            }
+        }
     }
 
     fn reconnect(&mut self) -> Result<(), HsmError> {

@@ -307,7 +307,9 @@ impl fmt::Debug for TlsSigner {
 
 impl rustls::sign::Signer for TlsSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        let fail = |e: HsmError| rustls::Error::General(e.to_string());
+        // The key store's error travels inside the rustls error, so the gateway can tell a
+        // token failure (`keystore_unavailable`) from a refused client.
+        let fail = |e: HsmError| rustls::Error::Other(rustls::OtherError(Arc::new(e)));
         if self.scheme == SignatureScheme::ED25519 {
             return self.inner.sign(message).map(|s| s.to_vec()).map_err(fail);
         }
