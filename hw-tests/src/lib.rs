@@ -1,0 +1,1 @@
+//! No library: the tests are the crate (see README.md).
