@@ -15,7 +15,7 @@ $SUDO apt-get update
 # opensc-pkcs11's pkcs11-spy counts the gateway's logins), curl/openssl/python3 (independent
 # TLS clients in the end-to-end tests).
 $SUDO apt-get install -y --no-install-recommends \
-  ca-certificates curl openssl python3 nats-server softhsm2 opensc opensc-pkcs11 \
+  ca-certificates curl openssl python3 python3-cryptography nats-server softhsm2 opensc opensc-pkcs11 \
   golang-go golang-golang-x-mod-dev
 
 echo "== format and lints"
