@@ -98,16 +98,22 @@ impl Io {
     }
 }
 
-/// KEKs by key id.
-type Keks = BTreeMap<String, Arc<dyn Kek>>;
+/// The configured KEKs by key id, with the key store they came from (a PKCS#11 store must
+/// outlive the keys taken from it).
+struct Keks {
+    active: String,
+    by_id: BTreeMap<String, Arc<dyn Kek>>,
+    _store: Arc<dyn vvgate_hsm::KeyStore>,
+    _probe: Option<crate::gateway::KeystoreProbe>,
+}
 
 /// The active key id and the configured KEKs, opened through the configured key store.
-fn keks(gw: &GwArgs) -> Result<(String, Keks), CliError> {
+fn keks(gw: &GwArgs) -> Result<Keks, CliError> {
     let cfg = gw
         .where_()
         .load()?
         .ok_or_else(|| CliError::Usage("give --config PATH or --dev DIR".into()))?;
-    let (store, _) =
+    let (store, probe) =
         crate::run::open_keystore(&cfg).map_err(|e| CliError::Failed(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (kid, key) in &cfg.evidence.keys {
@@ -116,7 +122,12 @@ fn keks(gw: &GwArgs) -> Result<(String, Keks), CliError> {
             .map_err(|e| CliError::Failed(format!("evidence.keys.{kid}: {e}")))?;
         out.insert(kid.clone(), kek);
     }
-    Ok((cfg.evidence.active_key_id.clone(), out))
+    Ok(Keks {
+        active: cfg.evidence.active_key_id.clone(),
+        by_id: out,
+        _store: store,
+        _probe: probe,
+    })
 }
 
 fn refused(e: EvidenceError) -> CliError {
@@ -132,9 +143,10 @@ pub fn run(cmd: EvidenceCmd) -> Result<(), CliError> {
             blob_id,
             key_id,
         } => {
-            let (active, keks) = keks(&gw)?;
-            let kid = key_id.unwrap_or(active);
+            let keks = keks(&gw)?;
+            let kid = key_id.unwrap_or_else(|| keks.active.clone());
             let kek = keks
+                .by_id
                 .get(&kid)
                 .ok_or_else(|| refused(EvidenceError::KeyNotFound))?;
             let plaintext = io.read()?;
@@ -182,9 +194,9 @@ pub fn run(cmd: EvidenceCmd) -> Result<(), CliError> {
                     evidence::open_v1(&env, &tenant, &v1_root_key_id, &root).map_err(refused)?
                 }
                 None => {
-                    let (_, keks) = keks(&gw)?;
+                    let keks = keks(&gw)?;
                     evidence::open(&env, &tenant, blob_id.as_deref(), &|id| {
-                        keks.get(id).cloned()
+                        keks.by_id.get(id).cloned()
                     })
                     .map_err(refused)?
                 }
