@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use super::check::{
     extra_key, missing, model_type, pattern_mismatch, required_str, slots, str_len, type_error,
 };
+use super::request::{bounded_str, tenant_str};
 use super::{LocPart, Violation};
 use crate::json::{Doc, Kind};
 
@@ -65,7 +66,6 @@ pub struct FeedbackQuery<'a> {
     pub limit: usize,
 }
 
-const TENANT_PATTERN: &str = "^[a-fA-F0-9-]{36}$";
 const HEX64_PATTERN: &str = "^[a-fA-F0-9]{64}$";
 
 /// Validate a federation verify body.
@@ -96,12 +96,12 @@ pub fn parse_federation<'a>(doc: &Doc<'a>) -> Result<FederationBundle<'a>, Viola
             ],
         );
         let b = FederationBundle {
-            operator_id: bounded(doc, op, "operator_id", 1, 128)?,
-            campaign_id: bounded(doc, camp, "campaign_id", 1, 128)?,
+            operator_id: bounded_str(doc, op, "operator_id", 1, 128)?,
+            campaign_id: bounded_str(doc, camp, "campaign_id", 1, 128)?,
             execution_hash: hex64(doc, exec, "execution_hash")?,
             timestamp: integer(doc, ts, "timestamp")?,
-            nonce: bounded(doc, nonce, "nonce", 12, 128)?,
-            signature: bounded(doc, sig, "signature", 12, 4096)?,
+            nonce: bounded_str(doc, nonce, "nonce", 12, 128)?,
+            signature: bounded_str(doc, sig, "signature", 12, 4096)?,
         };
         match extra {
             Some(k) => Err(extra_key(doc, k)),
@@ -136,12 +136,12 @@ pub fn parse_execution_graph<'a>(doc: &Doc<'a>) -> Result<ExecutionGraph<'a>, Vi
         ],
     );
     let g = ExecutionGraph {
-        operator_id: bounded(doc, op, "operator_id", 1, 128)?,
-        tenant_id: tenant(doc, tenant_slot)?,
+        operator_id: bounded_str(doc, op, "operator_id", 1, 128)?,
+        tenant_id: tenant_str(doc, tenant_slot, "tenant_id")?,
         execution_fingerprint: hex64(doc, fp, "execution_fingerprint")?,
         timestamp: integer(doc, ts, "timestamp")?,
-        nonce: bounded(doc, nonce, "nonce", 8, 128)?,
-        schema_version: bounded(doc, sv, "schema_version", 1, 32)?,
+        nonce: bounded_str(doc, nonce, "nonce", 8, 128)?,
+        schema_version: bounded_str(doc, sv, "schema_version", 1, 32)?,
         attestation_measurement_hash: hex64(doc, amh, "attestation_measurement_hash")?,
         graph: match graph {
             None => return Err(missing("graph")),
@@ -205,10 +205,10 @@ pub fn parse_feedback_query<'a>(doc: &Doc<'a>) -> Result<FeedbackQuery<'a>, Viol
         &["operator_id", "tenant_id", "timestamp", "nonce", "limit"],
     );
     let q = FeedbackQuery {
-        operator_id: bounded(doc, op, "operator_id", 1, 128)?,
-        tenant_id: tenant(doc, tenant_slot)?,
+        operator_id: bounded_str(doc, op, "operator_id", 1, 128)?,
+        tenant_id: tenant_str(doc, tenant_slot, "tenant_id")?,
         timestamp: integer(doc, ts, "timestamp")?,
-        nonce: bounded(doc, nonce, "nonce", 8, 128)?,
+        nonce: bounded_str(doc, nonce, "nonce", 8, 128)?,
         limit: match limit {
             None => 100,
             Some(i) if doc.kind(i) == Kind::Int => match doc.as_i64(i) {
@@ -230,18 +230,6 @@ pub fn parse_feedback_query<'a>(doc: &Doc<'a>) -> Result<FeedbackQuery<'a>, Viol
     Ok(q)
 }
 
-fn bounded<'a>(
-    doc: &Doc<'a>,
-    slot: Option<usize>,
-    field: &'static str,
-    min: usize,
-    max: usize,
-) -> Result<Cow<'a, str>, Violation> {
-    let i = required_str(doc, slot, field)?;
-    str_len(doc.char_len(i), min, max, field)?;
-    Ok(doc.str(i))
-}
-
 fn hex64<'a>(
     doc: &Doc<'a>,
     slot: Option<usize>,
@@ -251,15 +239,6 @@ fn hex64<'a>(
     let s = doc.str(i);
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(pattern_mismatch(field, HEX64_PATTERN));
-    }
-    Ok(s)
-}
-
-fn tenant<'a>(doc: &Doc<'a>, slot: Option<usize>) -> Result<Cow<'a, str>, Violation> {
-    let i = required_str(doc, slot, "tenant_id")?;
-    let s = doc.str(i);
-    if s.len() != 36 || !s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-        return Err(pattern_mismatch("tenant_id", TENANT_PATTERN));
     }
     Ok(s)
 }
