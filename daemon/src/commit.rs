@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use futures_channel::oneshot;
 use vvgate_hsm::RecordSigner;
 use vvgate_storage::{
-    Batch, EnvelopeKind, NonceRecord, NonceSpace, Route, SpoolItem, SpoolSegment, StorageError,
-    Store,
+    Batch, EnvelopeKind, GraphRecord, NonceRecord, NonceSpace, Route, SpoolItem, SpoolSegment,
+    StorageError, Store,
 };
 
 use crate::audit::checkpoint::{self, Checkpoint};
@@ -59,6 +59,15 @@ pub enum Action {
     },
     /// A rejection that spools a dead-letter envelope.
     DeadLetter(Envelope),
+    /// Burn a nonce and store an execution graph's metadata under its tenant, keeping the
+    /// newest `retention` records of that tenant.
+    StoreGraph {
+        key: [u8; 24],
+        record: NonceRecord,
+        tenant_id: String,
+        graph: GraphRecord,
+        retention: u64,
+    },
 }
 
 /// The audit entry of a decision.
@@ -172,6 +181,8 @@ pub struct CommitConfig {
     pub spool_max_bytes: u64,
     /// Nonces with a signed timestamp older than `now - nonce_retention_secs` are deleted.
     pub nonce_retention_secs: u64,
+    /// The same for federation bundle nonces (their skew window is wider).
+    pub federation_nonce_retention_secs: u64,
     /// Signed checkpoints; `None` only in unit tests.
     pub checkpoint: Option<CheckpointSetup>,
     /// Export and pruning of the audit log (with a queue only).
@@ -755,8 +766,10 @@ impl StorageThread {
                 }
                 after_releases(b, &self.releases, self.cfg.retention)?;
                 if sweep {
-                    let cutoff = now.secs().saturating_sub(self.cfg.nonce_retention_secs);
+                    let secs = now.secs();
+                    let cutoff = secs.saturating_sub(self.cfg.nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
+                    let cutoff = secs.saturating_sub(self.cfg.federation_nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Federation, cutoff)?;
                 }
                 Ok((b.spool_stats(), b.audit_head(), spooled))
@@ -849,12 +862,13 @@ impl StorageThread {
                 spool,
             } => {
                 if let Some(found) = b.nonce_get(space, &key)? {
-                    Some((
-                        Outcome::Replay(found),
-                        409,
-                        "Replay detected: nonce already used",
-                        "nonce_recheck",
-                    ))
+                    let detail = match space {
+                        NonceSpace::Telemetry => "Replay detected: nonce already used",
+                        NonceSpace::Federation => {
+                            "Replay detected: federation bundle nonce already used"
+                        }
+                    };
+                    Some((Outcome::Replay(found), 409, detail, "nonce_recheck"))
                 } else if spool.as_ref().is_some_and(|s| !self.spool_has_room(b, s)) {
                     Some((
                         Outcome::SpoolFull,
@@ -865,6 +879,26 @@ impl StorageThread {
                 } else {
                     b.nonce_insert(space, &key, &record)?;
                     self.segment.extend(spool);
+                    None
+                }
+            }
+            Action::StoreGraph {
+                key,
+                record,
+                tenant_id,
+                graph,
+                retention,
+            } => {
+                if let Some(found) = b.nonce_get(NonceSpace::Telemetry, &key)? {
+                    Some((
+                        Outcome::Replay(found),
+                        409,
+                        "Replay detected: nonce already used",
+                        "nonce_recheck",
+                    ))
+                } else {
+                    b.nonce_insert(NonceSpace::Telemetry, &key, &record)?;
+                    b.graph_insert(&tenant_id, &graph, retention)?;
                     None
                 }
             }

@@ -29,6 +29,9 @@ use crate::schema::Catalogue;
 use crate::time::Clock;
 
 const TELEMETRY: &[u8] = b"/internal/v1/telemetry";
+const FEDERATION: &[u8] = b"/internal/v1/federation/verify";
+const GRAPH: &[u8] = b"/internal/v1/cognitive/execution-graph";
+const FEEDBACK: &[u8] = b"/internal/v1/cognitive/feedback/adjustments/query";
 const HEALTHZ: &[u8] = b"/healthz";
 const READYZ: &[u8] = b"/readyz";
 const METRICS: &[u8] = b"/metrics";
@@ -64,6 +67,8 @@ pub struct Gateway {
     /// The audit log's verifier key (`origin+id+key`), for operators and verifiers.
     pub audit_vkey: String,
     keystore_ready: Option<KeystoreProbe>,
+    /// The active feedback signing key; `None`: the feedback route answers 503.
+    pub feedback_key: Option<crate::feedback::FeedbackKey>,
 }
 
 impl Gateway {
@@ -86,6 +91,7 @@ impl Gateway {
         Self {
             audit_vkey,
             keystore_ready,
+            feedback_key: None,
             default_body_limit: cfg.limits.max_body_bytes == 1_048_576,
             limits,
             cfg,
@@ -570,6 +576,17 @@ impl Service for Producer {
                 Some(r) => (Some(Route::Telemetry), r),
             },
             (TELEMETRY, _) => (Some(Route::Telemetry), Rejection::MethodNotAllowed),
+            (FEDERATION | GRAPH | FEEDBACK, m) => {
+                let route = service_route(p);
+                if m != Method::Post {
+                    (route, Rejection::MethodNotAllowed)
+                } else {
+                    match ingest::endpoint_before_body(gw, head, buf) {
+                        None => return None,
+                        Some(r) => (route, r),
+                    }
+                }
+            }
             (HEALTHZ, Method::Get) => return Some(with_id(gw, gw.health(body))),
             (READYZ, Method::Get) => return Some(with_id(gw, gw.ready(body))),
             (HEALTHZ | READYZ, _) => (None, Rejection::MethodNotAllowed),
@@ -588,7 +605,24 @@ impl Service for Producer {
         span: Span,
         body: &mut Vec<u8>,
     ) -> Response {
-        ingest::telemetry(&self.0, st, conn, head, buf, span, body).await
+        match path(head, buf) {
+            FEDERATION => crate::federation::verify(&self.0, st, conn, head, buf, span, body).await,
+            GRAPH => {
+                crate::feedback::execution_graph(&self.0, st, conn, head, buf, span, body).await
+            }
+            FEEDBACK => crate::feedback::query(&self.0, st, conn, head, buf, span, body).await,
+            _ => ingest::telemetry(&self.0, st, conn, head, buf, span, body).await,
+        }
+    }
+}
+
+/// The route of a federation or cognitive path.
+fn service_route(p: &[u8]) -> Option<Route> {
+    match p {
+        FEDERATION => Some(Route::FederationVerify),
+        GRAPH => Some(Route::ExecutionGraph),
+        FEEDBACK => Some(Route::FeedbackQuery),
+        _ => None,
     }
 }
 

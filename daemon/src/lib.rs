@@ -2,7 +2,8 @@
 //!
 //! Modules follow one request's path: `config` → `tls` → `http` → `ingest` (the check chain,
 //! with `schema` for the payload) → `commit` (group commit to storage) → `forward`.
-//! `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
+//! `federation` and `feedback` serve the other routes with the same checks, `evidence` seals
+//! evidence blobs under the key store's KEK. `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
 //! building blocks.
 
 pub mod audit;
@@ -13,7 +14,10 @@ pub mod config;
 pub mod control;
 pub mod devpki;
 pub mod envelope;
+pub mod evidence;
 pub mod exit;
+pub mod federation;
+pub mod feedback;
 pub mod forward;
 pub mod gateway;
 pub mod http;

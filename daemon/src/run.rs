@@ -98,6 +98,8 @@ pub struct Prepared {
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
     checkpoint_signer: Arc<dyn vvgate_hsm::RecordSigner>,
+    /// The active feedback key, if configured and usable.
+    feedback_key: Option<crate::feedback::FeedbackKey>,
     /// Whether the key store can serve now; `None` for key files. It owns the PKCS#11 store,
     /// which must live as long as the keys taken from it.
     keystore_ready: Option<gateway::KeystoreProbe>,
@@ -105,7 +107,7 @@ pub struct Prepared {
 
 /// Open the configured key store: for PKCS#11 one read-only session and one login (a refused
 /// PIN is never retried: exit code 77).
-fn open_keystore(
+pub fn open_keystore(
     cfg: &Config,
 ) -> Result<(Arc<dyn KeyStore>, Option<gateway::KeystoreProbe>), RunError> {
     let p11 = match (cfg.keystore.backend, &cfg.keystore.pkcs11) {
@@ -142,9 +144,17 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
     let checkpoint_signer = keystore
         .record_signer(&cfg.audit.checkpoint_key)
         .map_err(key_err("audit.checkpoint_key".into()))?;
+    let mut feedback_key = None;
     for (kid, key) in &cfg.feedback_keys {
         match keystore.record_signer(key) {
-            Ok(_) => {}
+            Ok(signer) => {
+                if cfg.feedback_active_kid.as_deref() == Some(kid.as_str()) {
+                    feedback_key = Some(crate::feedback::FeedbackKey {
+                        kid: kid.clone(),
+                        signer,
+                    });
+                }
+            }
             Err(e @ HsmError::WeakKey { .. }) => {
                 return Err(key_err(format!(
                     "telemetry_gateway.feedback_ed25519_keys.{kid}"
@@ -185,6 +195,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         catalogue,
         forward,
         checkpoint_signer,
+        feedback_key,
         keystore_ready,
     })
 }
@@ -228,6 +239,9 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         spool_max_events: cfg.spool_max_events,
         spool_max_bytes: cfg.spool_max_bytes,
         nonce_retention_secs: cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1,
+        federation_nonce_retention_secs: cfg.federation.allowed_clock_skew_seconds
+            + cfg.nonce_ttl_seconds
+            + 1,
         checkpoint: Some(commit::CheckpointSetup {
             origin: cfg.audit.checkpoint_origin.clone(),
             interval: Duration::from_secs(cfg.audit.seal_interval_seconds),
@@ -269,7 +283,7 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         source,
     })?;
 
-    let gw = Rc::new(Gateway::new(
+    let mut gw = Gateway::new(
         Rc::clone(&cfg),
         clock,
         Arc::clone(&store),
@@ -277,7 +291,9 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         p.catalogue,
         audit_key.to_string(),
         p.keystore_ready.clone(),
-    ));
+    );
+    gw.feedback_key = p.feedback_key;
+    let gw = Rc::new(gw);
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
 

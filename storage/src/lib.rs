@@ -9,10 +9,15 @@
 //! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
+//! | `graphs` | (tenant id, u64 sequence per tenant) | [`GraphRecord`]: metadata of an accepted execution graph; the newest `retention` per tenant are kept |
 //! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
 //! B-tree and expiry is one range delete (random keys cost ten times more per insert).
+//!
+//! Graph records are keyed by tenant first, so a tenant's records are one key range and a
+//! reader asks for exactly one tenant's range: there is no query that spans tenants. The
+//! `graphs` table was added without a format change: older builds never open it.
 //!
 //! One writer: the daemon's storage thread opens every write transaction through
 //! [`Store::batch`], with `Durability::Immediate`. Readers may run concurrently.
@@ -32,8 +37,8 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, AuditRetention, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment,
-    SpoolStats,
+    AuditHead, AuditRetention, EnvelopeKind, GraphRecord, NonceRecord, Route, SpoolItem,
+    SpoolSegment, SpoolStats,
 };
 
 /// The on-disk format this build reads and writes.
@@ -51,6 +56,8 @@ const AUDIT_HASHES_KEPT: TableDefinition<'static, u64, [u8; 32]> =
 const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("checkpoints");
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+const GRAPHS: TableDefinition<'static, (&'static str, u64), &'static [u8]> =
+    TableDefinition::new("graphs");
 
 const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
@@ -218,6 +225,7 @@ impl Store {
             txn.open_table(AUDIT_HASHES)?;
             txn.open_table(AUDIT_HASHES_KEPT)?;
             txn.open_table(CHECKPOINTS)?;
+            txn.open_table(GRAPHS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_FORMAT)? {
                 Some(v) => Some(decode_u32(v.value())?),
@@ -288,6 +296,7 @@ impl Store {
                 hashes,
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
+                graphs: txn.open_table(GRAPHS)?,
                 meta,
                 audit_head,
                 spool_stats,
@@ -383,6 +392,7 @@ pub struct Batch<'t> {
     hashes: Table<'t, u64, &'static [u8]>,
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
+    graphs: Table<'t, (&'static str, u64), &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     audit_head: AuditHead,
     spool_stats: SpoolStats,
@@ -447,6 +457,38 @@ impl<'t> Batch<'t> {
             false
         })?;
         Ok(n)
+    }
+
+    /// Store a graph record under `tenant`, then delete that tenant's oldest records beyond
+    /// `retention`. Returns the record's sequence number within the tenant.
+    pub fn graph_insert(
+        &mut self,
+        tenant: &str,
+        rec: &GraphRecord,
+        retention: u64,
+    ) -> Result<u64, StorageError> {
+        let bounds = {
+            let mut range = self.graphs.range((tenant, 0)..=(tenant, u64::MAX))?;
+            let first = range.next().transpose()?.map(|(k, _)| k.value().1);
+            let last = range.next_back().transpose()?.map(|(k, _)| k.value().1);
+            first.map(|f| (f, last.unwrap_or(f)))
+        };
+        let (first, next) = match bounds {
+            None => (0, 0),
+            Some((first, last)) => (first, last + 1),
+        };
+        let mut buf = std::mem::take(&mut self.buf);
+        records::encode(rec, &mut buf).map_err(|e| corrupt("graph", e))?;
+        self.graphs.insert((tenant, next), buf.as_slice())?;
+        self.buf = buf;
+        // Sequences are contiguous (only the oldest are deleted), so the count is a difference.
+        let keep = retention.max(1);
+        let mut oldest = first;
+        while next + 1 - oldest > keep {
+            self.graphs.remove((tenant, oldest))?;
+            oldest += 1;
+        }
+        Ok(next)
     }
 
     /// Append a segment to the spool; returns its sequence number.
@@ -585,6 +627,21 @@ impl Reader {
             let (k, v) = item?;
             seen += decode_spool(v.value()).map_or(1, |s| s.items().len());
             out.push((k.value(), v.value().to_vec()));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest `limit` graph records of exactly `tenant`, oldest first.
+    pub fn graphs(&self, tenant: &str, limit: usize) -> Result<Vec<GraphRecord>, StorageError> {
+        let table = self.txn.open_table(GRAPHS)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in table.range((tenant, 0)..=(tenant, u64::MAX))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item?;
+            out.push(records::decode(v.value()).map_err(|e| corrupt("graph", e))?);
         }
         out.reverse();
         Ok(out)

@@ -160,6 +160,35 @@ pub struct SpoolStats {
     pub bytes: u64,
 }
 
+/// The metadata kept of one accepted execution graph (CONTRACT.md §8.1), under its tenant.
+/// The graph itself is not kept: only what feedback needs and what identifies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GraphRecord {
+    /// Format 1.
+    V1 {
+        /// The accepting request's id.
+        request_id: [u8; 16],
+        /// The operator that sent it.
+        operator_id: String,
+        /// `execution_fingerprint`, lowercase hex.
+        execution_fingerprint: String,
+        /// `attestation_measurement_hash`, lowercase hex.
+        attestation_measurement_hash: String,
+        /// The body's `schema_version`.
+        schema_version: String,
+        /// `graph.target_urn`, if given.
+        target_urn: Option<String>,
+        /// Length of `graph.nodes` (`None` when absent).
+        nodes: Option<u32>,
+        /// Length of `graph.edges` (`None` when absent).
+        edges: Option<u32>,
+        /// SHA-256 of the request body.
+        body_sha256: [u8; 32],
+        /// When it was accepted, Unix seconds.
+        accepted_at: u64,
+    },
+}
+
 /// Encode a record with postcard.
 pub fn encode<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
     out.clear();

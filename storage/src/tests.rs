@@ -418,3 +418,45 @@ fn pruning_keeps_what_later_roots_and_proofs_need() {
     append(&store, 1001..1101);
     assert_eq!(store.read().unwrap().tree_hash(1100).unwrap(), roots[1100]);
 }
+
+#[test]
+fn graph_records_stay_in_their_tenant_and_are_bounded() {
+    use crate::GraphRecord;
+    let (_dir, store) = temp_store();
+    let rec = |n: u32| GraphRecord::V1 {
+        request_id: [0; 16],
+        operator_id: "op".into(),
+        execution_fingerprint: format!("{n:064}"),
+        attestation_measurement_hash: "a".repeat(64),
+        schema_version: "execution.graph.v1".into(),
+        target_urn: None,
+        nodes: Some(n),
+        edges: None,
+        body_sha256: [0; 32],
+        accepted_at: 1,
+    };
+    let (a, b) = (
+        "10000000-0000-0000-0000-000000000001",
+        "20000000-0000-0000-0000-000000000002",
+    );
+    store
+        .batch(|t| {
+            for n in 0..5 {
+                t.graph_insert(a, &rec(n), 3)?;
+            }
+            t.graph_insert(b, &rec(100), 3)
+        })
+        .unwrap();
+    let r = store.read().unwrap();
+    let nodes = |recs: Vec<GraphRecord>| -> Vec<u32> {
+        recs.into_iter()
+            .map(|GraphRecord::V1 { nodes, .. }| nodes.unwrap())
+            .collect()
+    };
+    // The newest three of A, oldest first; B sees only its own; a prefix of A sees nothing.
+    assert_eq!(nodes(r.graphs(a, 10).unwrap()), [2, 3, 4]);
+    assert_eq!(nodes(r.graphs(a, 2).unwrap()), [3, 4]);
+    assert_eq!(nodes(r.graphs(b, 10).unwrap()), [100]);
+    assert!(r.graphs("10000000", 10).unwrap().is_empty());
+    assert!(r.graphs("", 10).unwrap().is_empty());
+}

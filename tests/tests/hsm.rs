@@ -773,3 +773,134 @@ fn hsm_token_removed_at_runtime_fails_handshakes_then_recovers() {
         })
     });
 }
+
+/// Post `body` signed by producer P for `(ts, nonce)` to `path`; (status, JSON body).
+fn post_signed(g: &Gateway, path: &str, ts: u64, nonce: &str, body: &[u8]) -> (u16, Value) {
+    let p = g.pki.producer();
+    let h = p.headers(ts, nonce, body, None);
+    let mut c = g.connect();
+    let r = c
+        .send(&vvgate::client::post_request(path, "localhost", &h, body))
+        .expect("response");
+    (r.status, json(&r))
+}
+
+#[test]
+fn hsm_feedback_key_and_evidence_kek_serve_from_the_token() {
+    let p = Provisioned::new("hsm-svc");
+    let g = p.start();
+    let tenant = "10000000-0000-0000-0000-000000000001";
+
+    // A graph, then a feedback query answered with the token's feedback key (0301).
+    let (ts, n) = (now(), nonce());
+    let graph = serde_json::json!({
+        "operator_id": "op-001", "tenant_id": tenant, "execution_fingerprint": "a".repeat(64),
+        "timestamp": ts, "nonce": n, "schema_version": "execution.graph.v1",
+        "attestation_measurement_hash": "b".repeat(64),
+        "graph": {"nodes": [1, 2, 3, 4, 5, 6, 7, 8], "edges": [], "target_urn": "urn:hsm"}
+    });
+    let (status, _) = post_signed(
+        &g,
+        "/internal/v1/cognitive/execution-graph",
+        ts,
+        &n,
+        &serde_json::to_vec(&graph).unwrap(),
+    );
+    assert_eq!(status, 202);
+    let (ts, n) = (now(), nonce());
+    let q = serde_json::json!({"operator_id": "op-001", "tenant_id": tenant, "timestamp": ts, "nonce": n});
+    let (status, resp) = post_signed(
+        &g,
+        "/internal/v1/cognitive/feedback/adjustments/query",
+        ts,
+        &n,
+        &serde_json::to_vec(&q).unwrap(),
+    );
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["kid"], "fb-v1");
+    assert_eq!(resp["data"][0]["target_urn"], "urn:hsm");
+    let mut msg = format!(
+        "{tenant}|{}|{}|feedback.response.v1|fb-v1|",
+        resp["signed_at"],
+        resp["nonce"].as_str().unwrap()
+    )
+    .into_bytes();
+    msg.extend_from_slice(&vvgate::keys::cjson(&resp["data"]).unwrap());
+    let sig = B64.decode(resp["signature"].as_str().unwrap()).unwrap();
+    let public = p.hsm.public_key("pkcs11:0301");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &public)
+        .verify(&msg, &sig)
+        .expect("the response verifies with the token's feedback public key");
+
+    // Evidence sealed and opened through the token's KEK (0401), while the gateway runs.
+    let blob = p.dir.join("blob.bin");
+    std::fs::write(&blob, b"evidence through the HSM").unwrap();
+    let env = p.dir.join("env.json");
+    let config = g.config.display().to_string();
+    let vvctl_env = |args: &[&str]| {
+        let out = Command::new(bin("vvctl"))
+            .args(args)
+            .envs(p.hsm.env())
+            .output()
+            .expect("vvctl");
+        (
+            out.status.code().unwrap_or(-1),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = vvctl_env(&[
+        "evidence",
+        "seal",
+        "--config",
+        &config,
+        "--tenant",
+        tenant,
+        "--blob-id",
+        "hsm-1",
+        "--in",
+        blob.to_str().unwrap(),
+        "--out",
+        env.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let sealed: Value = serde_json::from_slice(&std::fs::read(&env).unwrap()).unwrap();
+    assert_eq!(sealed["key_id"], "kek-v1");
+    let (code, out, err) = vvctl_env(&[
+        "evidence",
+        "open",
+        "--config",
+        &config,
+        "--tenant",
+        tenant,
+        "--in",
+        env.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (code, out.as_slice()),
+        (0, &b"evidence through the HSM"[..]),
+        "{err}"
+    );
+    // A flipped bit of the wrapped key fails inside the token, reported like any tamper.
+    let mut t = sealed.clone();
+    let mut w = B64.decode(t["wrapped_dek_b64"].as_str().unwrap()).unwrap();
+    w[0] ^= 1;
+    t["wrapped_dek_b64"] = B64.encode(w).into();
+    std::fs::write(&env, serde_json::to_vec(&t).unwrap()).unwrap();
+    let (code, out, err) = vvctl_env(&[
+        "evidence",
+        "open",
+        "--config",
+        &config,
+        "--tenant",
+        tenant,
+        "--in",
+        env.to_str().unwrap(),
+    ]);
+    assert_eq!((code, out.is_empty()), (1, true));
+    assert_eq!(
+        err.lines().last(),
+        Some("vvctl: Evidence envelope authentication failed"),
+        "{err}"
+    );
+}

@@ -94,6 +94,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::keys::KeysCmd,
     },
+    /// Evidence envelopes: seal and open blobs with the configured KEKs.
+    Evidence {
+        #[command(subcommand)]
+        cmd: cli::evidence::EvidenceCmd,
+    },
     /// Load a running gateway with pre-signed requests and report throughput, latency, CPU, RSS.
     Bench {
         #[command(flatten)]
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )),
         },
         Cmd::Keys { cmd } => cli::keys::run(cmd),
+        Cmd::Evidence { cmd } => cli::evidence::run(cmd),
         Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),
     }
 }

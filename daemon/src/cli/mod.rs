@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 mod bench_audit;
+pub mod evidence;
 pub mod keys;
 pub mod send;
 pub mod spool;

@@ -16,7 +16,7 @@ fn present(span: Option<Span>, buf: &[u8]) -> Option<&str> {
 
 /// Steps 1–6: the claimed identity, its pin, and the certificate actually presented.
 /// Returns the identity.
-pub(super) fn identity<'b>(
+pub(crate) fn identity<'b>(
     head: &Head,
     buf: &'b [u8],
     presented: Option<[u8; 32]>,
@@ -48,17 +48,17 @@ fn parse_fingerprint(v: &str) -> Option<[u8; 32]> {
 
 /// What steps 7–14 established.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Signed<'b> {
+pub(crate) struct Signed<'b> {
     /// The timestamp header, canonical decimal.
-    pub(super) ts_text: &'b str,
-    pub(super) ts: u64,
-    pub(super) nonce: &'b str,
+    pub(crate) ts_text: &'b str,
+    pub(crate) ts: u64,
+    pub(crate) nonce: &'b str,
     /// The producer key that verified.
-    pub(super) key: [u8; 32],
+    pub(crate) key: [u8; 32],
 }
 
 /// Steps 7–13: the signed headers, without the signature verification itself.
-pub(super) fn signed_headers<'b>(
+pub(crate) fn signed_headers<'b>(
     head: &Head,
     buf: &'b [u8],
     now: u64,
@@ -105,7 +105,7 @@ pub fn parse_epoch(s: &str) -> Option<u64> {
 
 /// Steps 13–14: decode the signature strictly and verify it over `"{ts}.{nonce}." + body`
 /// with each producer key valid at `now`. `msg` is scratch space for the signed message.
-pub(super) fn verify_signature(
+pub(crate) fn verify_signature(
     signed: &mut Signed<'_>,
     sig_b64: &str,
     body: &[u8],

@@ -7,7 +7,7 @@
 //! decision to the storage thread (`commit`): nonce, envelope and audit entry in one durable
 //! transaction. Every outcome, accepted or not, is audited before it is answered.
 
-mod checks;
+pub(crate) mod checks;
 pub mod rate;
 mod reject;
 pub mod replay;
@@ -31,9 +31,10 @@ pub use reject::Rejection;
 /// Scratch buffers reused by every request on one connection.
 #[derive(Default)]
 pub struct ConnState {
-    tape: Tape,
+    pub(crate) tape: Tape,
     scratch: schema::Scratch,
-    msg: Vec<u8>,
+    /// The signed message of the request being checked (scratch).
+    pub(crate) msg: Vec<u8>,
     payload: Vec<u8>,
     trace: Vec<u8>,
     normalised: Vec<u8>,
@@ -85,16 +86,48 @@ impl From<Rejection> for Refusal {
 
 /// Checks M1–M3 (§3.1): media type, non-empty body, size. Header-only, before the body is read.
 pub fn telemetry_before_body(gw: &Gateway, head: &Head, buf: &[u8]) -> Option<Rejection> {
+    media_and_size(
+        gw,
+        head,
+        buf,
+        [
+            Rejection::UnsupportedMediaType,
+            Rejection::EmptyBody,
+            Rejection::BodyTooLarge,
+        ],
+    )
+}
+
+/// M1–M3 of the federation and cognitive routes, with the generic reasons of §2.4.
+pub fn endpoint_before_body(gw: &Gateway, head: &Head, buf: &[u8]) -> Option<Rejection> {
+    media_and_size(
+        gw,
+        head,
+        buf,
+        [
+            Rejection::EndpointUnsupportedMediaType,
+            Rejection::PayloadRequired,
+            Rejection::PayloadTooLarge,
+        ],
+    )
+}
+
+fn media_and_size(
+    gw: &Gateway,
+    head: &Head,
+    buf: &[u8],
+    [media, empty, large]: [Rejection; 3],
+) -> Option<Rejection> {
     let ct_ok = head
         .content_type
         .is_some_and(|s| is_json_content_type(s.get(buf)));
     if !ct_ok || !is_identity_encoding(head.content_encoding.map(|s| s.get(buf))) {
-        return Some(Rejection::UnsupportedMediaType);
+        return Some(media);
     }
     match head.content_length {
-        None | Some(0) => Some(Rejection::EmptyBody),
+        None | Some(0) => Some(empty),
         Some(n) if n > u64::try_from(gw.cfg.limits.max_body_bytes).unwrap_or(u64::MAX) => {
-            Some(Rejection::BodyTooLarge)
+            Some(large)
         }
         Some(_) => None,
     }
@@ -214,24 +247,19 @@ pub async fn telemetry(
     gw.reserve_spool(body_len);
     let outcome = gw.committer.commit(op).await;
     gw.release_spool(body_len);
-    match outcome {
-        Ok(Outcome::Committed { .. }) => {
+    committed_answer(
+        gw,
+        &ctx,
+        outcome,
+        Rejection::NonceReused,
+        202,
+        |out| {
             out.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
             out.extend_from_slice(ctx.request_id_text.as_bytes());
             out.extend_from_slice(b"\"}");
-            gw.metrics.count(202, "accepted");
-            let mut r = Response::new(202);
-            r.request_id = Some(ctx.request_id_text);
-            r
-        }
-        // The storage thread already audited these.
-        Ok(Outcome::Replay(_)) => gw.answer(&ctx, Rejection::NonceReused.into(), out),
-        Ok(Outcome::SpoolFull) => gw.answer(&ctx, Rejection::SpoolFull.into(), out),
-        Ok(Outcome::Failed) | Err(SubmitError::Closed) => {
-            gw.answer(&ctx, Rejection::PersistenceFailed.into(), out)
-        }
-        Err(SubmitError::Full) => gw.answer(&ctx, Rejection::Overloaded.into(), out),
-    }
+        },
+        out,
+    )
 }
 
 fn dead_letter(
@@ -458,6 +486,105 @@ fn evaluate_body(
     })();
     st.tape = tape;
     result
+}
+
+/// How a route answers an identical re-send with `idempotent_retry = true` (CONTRACT.md
+/// §3.6): the status, and a writer of the original success body given the original request
+/// id. `None`: the route always answers the plain replay refusal.
+pub type IdempotentAnswer<'f> = Option<(u16, &'f dyn Fn(&mut Vec<u8>, &str))>;
+
+/// Step 15 found the nonce on a federation or cognitive route: an identical re-send or a plain
+/// replay, answered with `replay` (the route's 409) as §3.6 says. Telemetry's own answer is
+/// [`Gateway::resend`].
+pub async fn resend_other(
+    gw: &Gateway,
+    ctx: &Ctx<'_>,
+    rec: NonceRecord,
+    body_sha256: [u8; 32],
+    replay: Rejection,
+    idempotent: IdempotentAnswer<'_>,
+    out: &mut Vec<u8>,
+) -> Response {
+    let NonceRecord::V1 {
+        body_sha256: recorded,
+        request_id: original,
+        route,
+        ..
+    } = rec;
+    let identical = Some(route) == ctx.route && recorded == body_sha256;
+    let Some((status, write_body)) = idempotent.filter(|_| identical) else {
+        return gw.refuse(ctx, replay.into(), out).await;
+    };
+    if !gw.cfg.idempotent_retry {
+        let f = Refusal {
+            original: Some(original),
+            ..replay.into()
+        };
+        return gw.refuse(ctx, f, out).await;
+    }
+    let original_text = ids::uuid_text(&original);
+    let mut details = Vec::with_capacity(160);
+    write_details(
+        &mut details,
+        &mut [
+            ("request_id", Detail::Str(&ctx.request_id_text)),
+            ("status_code", Detail::Int(i64::from(status))),
+            ("original_request_id", Detail::Str(&original_text)),
+        ],
+    );
+    let op = Op {
+        request_id: ctx.request_id,
+        route: ctx.route,
+        action: Action::AuditOnly,
+        audit: AuditItem {
+            actor: ACTOR_GATEWAY,
+            event_type: "telemetry.idempotent_replay",
+            details,
+        },
+        reply: None,
+    };
+    match gw.committer.commit(op).await {
+        Ok(Outcome::Committed { .. }) => {
+            write_body(out, &original_text);
+            gw.metrics.count(status, "idempotent_replay");
+            let mut r = Response::new(status);
+            r.request_id = Some(ctx.request_id_text.clone());
+            r.idempotent_replay = true;
+            r
+        }
+        Err(SubmitError::Full) => gw.answer(ctx, Rejection::Overloaded.into(), out),
+        _ => gw.answer(ctx, Rejection::PersistenceFailed.into(), out),
+    }
+}
+
+/// Answer the outcome of an accepting commit (any route): `ok` writes
+/// the success body once the decision is on disk; the rest become the contract's 409/503.
+pub fn committed_answer(
+    gw: &Gateway,
+    ctx: &Ctx<'_>,
+    outcome: Result<Outcome, SubmitError>,
+    replay: Rejection,
+    status: u16,
+    ok: impl FnOnce(&mut Vec<u8>),
+    out: &mut Vec<u8>,
+) -> Response {
+    match outcome {
+        Ok(Outcome::Committed { .. }) => {
+            out.clear();
+            ok(out);
+            gw.metrics.count(status, "accepted");
+            let mut r = Response::new(status);
+            r.request_id = Some(ctx.request_id_text.clone());
+            r
+        }
+        // The storage thread already audited these.
+        Ok(Outcome::Replay(_)) => gw.answer(ctx, replay.into(), out),
+        Ok(Outcome::SpoolFull) => gw.answer(ctx, Rejection::SpoolFull.into(), out),
+        Ok(Outcome::Failed) | Err(SubmitError::Closed) => {
+            gw.answer(ctx, Rejection::PersistenceFailed.into(), out)
+        }
+        Err(SubmitError::Full) => gw.answer(ctx, Rejection::Overloaded.into(), out),
+    }
 }
 
 /// Write the error body of a refusal (with `original` for an identical re-send).

@@ -54,6 +54,21 @@ pub enum Rejection {
     DlqSpoolFull,
     Overloaded,
     PersistenceFailed,
+    // The other routes' own wording of M1–M3 (CONTRACT.md §2.4).
+    EndpointUnsupportedMediaType,
+    PayloadRequired,
+    PayloadTooLarge,
+    // Federation verify (§7).
+    FederationSchemaInvalid,
+    FederationTimestampOutsideSkew,
+    FederationSignatureInvalid,
+    FederationNonceReused,
+    // Cognitive routes (§8).
+    GraphSchemaInvalid,
+    GraphTooLarge,
+    GraphSchemaVersionNotAllowed,
+    FeedbackSchemaInvalid,
+    FeedbackKeyUnavailable,
 }
 
 impl Rejection {
@@ -67,9 +82,9 @@ impl Rejection {
             HeaderTooLarge => 431,
             NotFound => 404,
             MethodNotAllowed => 405,
-            UnsupportedMediaType => 415,
-            EmptyBody => 422,
-            BodyTooLarge => 413,
+            UnsupportedMediaType | EndpointUnsupportedMediaType => 415,
+            EmptyBody | PayloadRequired => 422,
+            BodyTooLarge | PayloadTooLarge => 413,
             MissingServiceIdentity
             | MissingCertFingerprint
             | BadCertFingerprintFormat
@@ -86,20 +101,30 @@ impl Rejection {
             | SignatureInvalid
             | BodyTimestampMismatch
             | BodyNonceMismatch
-            | SignedMetadataMismatch => 401,
-            NonceReused => 409,
+            | SignedMetadataMismatch
+            | FederationTimestampOutsideSkew
+            | FederationSignatureInvalid => 401,
+            NonceReused | FederationNonceReused => 409,
             InvalidJson
             | SchemaInvalid
             | CanonicalSchemaInvalid
             | ContractV2NotObject
             | ContractV2Invalid
             | SchemaVersionRequired
-            | SchemaVersionNotAllowed => 422,
+            | SchemaVersionNotAllowed
+            | FederationSchemaInvalid
+            | GraphSchemaInvalid
+            | GraphTooLarge
+            | GraphSchemaVersionNotAllowed
+            | FeedbackSchemaInvalid => 422,
             OperatorNotMapped | TenantMappingViolation => 403,
             RateLimited => 429,
-            NonceStoreUnavailable | SpoolFull | DlqSpoolFull | Overloaded | PersistenceFailed => {
-                503
-            }
+            NonceStoreUnavailable
+            | SpoolFull
+            | DlqSpoolFull
+            | Overloaded
+            | PersistenceFailed
+            | FeedbackKeyUnavailable => 503,
         }
     }
 
@@ -152,6 +177,21 @@ impl Rejection {
             DlqSpoolFull => "Telemetry DLQ publish failed",
             Overloaded => "Telemetry gateway overloaded",
             PersistenceFailed => "Telemetry persistence failed",
+            EndpointUnsupportedMediaType => "Endpoint only accepts application/json",
+            PayloadRequired => "Request payload is required",
+            PayloadTooLarge if default_body_limit => "Request payload exceeds 1MiB limit",
+            PayloadTooLarge => "Request payload exceeds configured limit",
+            FederationSchemaInvalid => "Federation bundle schema validation failed",
+            FederationTimestampOutsideSkew => {
+                "Federation bundle timestamp out of allowed clock skew"
+            }
+            FederationSignatureInvalid => "Federation proof-of-origin verification failed",
+            FederationNonceReused => "Replay detected: federation bundle nonce already used",
+            GraphSchemaInvalid => "Execution graph schema validation failed",
+            GraphTooLarge => "Execution graph exceeds size limits",
+            GraphSchemaVersionNotAllowed => "Execution graph schema version is not allowed",
+            FeedbackSchemaInvalid => "Feedback query schema validation failed",
+            FeedbackKeyUnavailable => "Feedback signing key load failed",
         }
     }
 
@@ -201,7 +241,19 @@ impl Rejection {
             | SpoolFull
             | DlqSpoolFull
             | Overloaded
-            | PersistenceFailed => None,
+            | PersistenceFailed
+            | EndpointUnsupportedMediaType
+            | PayloadRequired
+            | PayloadTooLarge
+            | FederationSchemaInvalid
+            | FederationTimestampOutsideSkew
+            | FederationSignatureInvalid
+            | FederationNonceReused
+            | GraphSchemaInvalid
+            | GraphTooLarge
+            | GraphSchemaVersionNotAllowed
+            | FeedbackSchemaInvalid
+            | FeedbackKeyUnavailable => None,
         }
     }
 
@@ -224,7 +276,12 @@ impl Rejection {
         use Rejection::*;
         matches!(
             self,
-            MalformedHttp | RequestTimeout | LengthRequired | HeaderTooLarge | BodyTooLarge
+            MalformedHttp
+                | RequestTimeout
+                | LengthRequired
+                | HeaderTooLarge
+                | BodyTooLarge
+                | PayloadTooLarge
         )
     }
 
@@ -244,7 +301,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 42] = {
+    pub const ALL: [Rejection; 54] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -289,6 +346,18 @@ impl Rejection {
             DlqSpoolFull,
             Overloaded,
             PersistenceFailed,
+            EndpointUnsupportedMediaType,
+            PayloadRequired,
+            PayloadTooLarge,
+            FederationSchemaInvalid,
+            FederationTimestampOutsideSkew,
+            FederationSignatureInvalid,
+            FederationNonceReused,
+            GraphSchemaInvalid,
+            GraphTooLarge,
+            GraphSchemaVersionNotAllowed,
+            FeedbackSchemaInvalid,
+            FeedbackKeyUnavailable,
         ]
     };
 }

@@ -132,6 +132,55 @@ const TABLE: &[(Rejection, u16, &str)] = &[
     (DlqSpoolFull, 503, "Telemetry DLQ publish failed"),
     (Overloaded, 503, "Telemetry gateway overloaded"),
     (PersistenceFailed, 503, "Telemetry persistence failed"),
+    // CONTRACT.md §2.4 (the other routes), §7 and §8.
+    (
+        EndpointUnsupportedMediaType,
+        415,
+        "Endpoint only accepts application/json",
+    ),
+    (PayloadRequired, 422, "Request payload is required"),
+    (PayloadTooLarge, 413, "Request payload exceeds 1MiB limit"),
+    (
+        FederationSchemaInvalid,
+        422,
+        "Federation bundle schema validation failed",
+    ),
+    (
+        FederationTimestampOutsideSkew,
+        401,
+        "Federation bundle timestamp out of allowed clock skew",
+    ),
+    (
+        FederationSignatureInvalid,
+        401,
+        "Federation proof-of-origin verification failed",
+    ),
+    (
+        FederationNonceReused,
+        409,
+        "Replay detected: federation bundle nonce already used",
+    ),
+    (
+        GraphSchemaInvalid,
+        422,
+        "Execution graph schema validation failed",
+    ),
+    (GraphTooLarge, 422, "Execution graph exceeds size limits"),
+    (
+        GraphSchemaVersionNotAllowed,
+        422,
+        "Execution graph schema version is not allowed",
+    ),
+    (
+        FeedbackSchemaInvalid,
+        422,
+        "Feedback query schema validation failed",
+    ),
+    (
+        FeedbackKeyUnavailable,
+        503,
+        "Feedback signing key load failed",
+    ),
 ];
 
 #[test]
@@ -150,6 +199,10 @@ fn every_rejection_matches_the_contract() {
     assert_eq!(
         BodyTooLarge.reason(false),
         "Telemetry payload exceeds configured limit"
+    );
+    assert_eq!(
+        PayloadTooLarge.reason(false),
+        "Request payload exceeds configured limit"
     );
 }
 
@@ -188,7 +241,8 @@ fn connection_closing_answers() {
             &RequestTimeout,
             &LengthRequired,
             &HeaderTooLarge,
-            &BodyTooLarge
+            &BodyTooLarge,
+            &PayloadTooLarge
         ]
     );
 }

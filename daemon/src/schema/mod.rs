@@ -17,6 +17,7 @@ pub mod mitre;
 mod payload;
 mod request;
 mod sanitize;
+pub mod service;
 
 use std::borrow::Cow;
 

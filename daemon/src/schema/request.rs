@@ -98,7 +98,7 @@ fn signed_metadata<'a>(
 }
 
 /// A required JSON string of `min..=max` characters.
-fn bounded_str<'a>(
+pub(super) fn bounded_str<'a>(
     doc: &Doc<'a>,
     slot: Option<usize>,
     field: &'static str,
@@ -111,7 +111,7 @@ fn bounded_str<'a>(
 }
 
 /// A required JSON string matching `^[a-fA-F0-9-]{36}$`.
-fn tenant_str<'a>(
+pub(super) fn tenant_str<'a>(
     doc: &Doc<'a>,
     slot: Option<usize>,
     field: &'static str,
