@@ -64,6 +64,8 @@ pub struct Gateway {
     /// The audit log's verifier key (`origin+id+key`), for operators and verifiers.
     pub audit_vkey: String,
     keystore_ready: Option<KeystoreProbe>,
+    /// The shared nonce bucket (`nonce_backend = "jetstream_kv"`).
+    pub cluster: Option<Rc<crate::cluster::NonceBucket>>,
 }
 
 impl Gateway {
@@ -104,6 +106,7 @@ impl Gateway {
             draining: Cell::new(false),
             closing: event_listener::Event::new(),
             tls_rejects: RefCell::default(),
+            cluster: None,
         }
     }
 
@@ -295,6 +298,9 @@ impl Gateway {
             || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes
         {
             let _ = reasons.push("spool_full");
+        }
+        if self.cluster.as_ref().is_some_and(|b| !b.ready()) {
+            let _ = reasons.push("nonce_store_unavailable");
         }
         if self.draining.get() {
             let _ = reasons.push("draining");

@@ -97,6 +97,8 @@ pub struct Prepared {
     server_config: Arc<rustls::ServerConfig>,
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
+    /// The connection to the shared nonce bucket (`nonce_backend = "jetstream_kv"`).
+    cluster: Option<crate::forward::ForwardSetup>,
     checkpoint_signer: Arc<dyn vvgate_hsm::RecordSigner>,
     /// Whether the key store can serve now; `None` for key files. It owns the PKCS#11 store,
     /// which must live as long as the keys taken from it.
@@ -179,11 +181,16 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         crate::config::QueueBackend::Nats => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
         crate::config::QueueBackend::Spool => None,
     };
+    let cluster = match cfg.cluster {
+        Some(_) => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
+        None => None,
+    };
     Ok(Prepared {
         cfg: Rc::new(cfg),
         server_config,
         catalogue,
         forward,
+        cluster,
         checkpoint_signer,
         keystore_ready,
     })
@@ -269,7 +276,7 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         source,
     })?;
 
-    let gw = Rc::new(Gateway::new(
+    let mut gw = Gateway::new(
         Rc::clone(&cfg),
         clock,
         Arc::clone(&store),
@@ -277,7 +284,19 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         p.catalogue,
         audit_key.to_string(),
         p.keystore_ready.clone(),
-    ));
+    );
+    let bucket = cfg.cluster.as_ref().map(|c| {
+        let min_ttl = crate::config::validate::min_bucket_ttl_secs(
+            cfg.allowed_clock_skew_seconds,
+            cfg.nonce_ttl_seconds,
+        );
+        Rc::new(crate::cluster::NonceBucket::new(
+            c,
+            Duration::from_secs(min_ttl),
+        ))
+    });
+    gw.cluster = bucket.clone();
+    let gw = Rc::new(gw);
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
 
@@ -347,6 +366,36 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
                 tracing::warn!("queue not connected yet; events stay in the spool until it is");
             }
             ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first)).detach();
+        }
+        if let (Some(mut setup), Some(b), Some(c)) = (p.cluster, bucket, cfg.cluster.as_ref()) {
+            // As the queue: a reachable bucket with a wrong configuration is a start-up
+            // error; an unreachable one is not (telemetry answers 503 until it is back).
+            let first = futures_lite::future::or(
+                async {
+                    crate::cluster::connect_and_check(&mut setup, &b.spec, c.create_bucket)
+                        .await
+                        .map(Some)
+                },
+                async {
+                    Timer::after(Duration::from_secs(5)).await;
+                    Ok(None)
+                },
+            )
+            .await;
+            let first = match first {
+                Ok(c) => c,
+                Err(e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. })) => {
+                    return Err(RunError::Queue(e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "nonce bucket not reachable at start; telemetry answers 503 until it is");
+                    None
+                }
+            };
+            ex.spawn(crate::cluster::run(Rc::clone(&b), setup, c.create_bucket, first))
+                .detach();
+            ex.spawn(crate::cluster::settle::settler(Rc::clone(&gw), b))
+                .detach();
         }
         ex.spawn(gateway::accept_producers(
             Rc::clone(&gw),

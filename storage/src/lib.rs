@@ -9,6 +9,7 @@
 //! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
+//! | `claims` | nonce key, as `nonces` | a cluster claim (`nonce_backend = "jetstream_kv"`): an accepted request waiting for its key in the shared bucket, with everything its acceptance writes ([`records::Claim`]) |
 //! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
@@ -32,7 +33,7 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, AuditRetention, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment,
+    AuditHead, AuditRetention, Claim, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment,
     SpoolStats,
 };
 
@@ -51,6 +52,7 @@ const AUDIT_HASHES_KEPT: TableDefinition<'static, u64, [u8; 32]> =
 const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("checkpoints");
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
+const CLAIMS: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("claims");
 
 const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
@@ -218,6 +220,7 @@ impl Store {
             txn.open_table(AUDIT_HASHES)?;
             txn.open_table(AUDIT_HASHES_KEPT)?;
             txn.open_table(CHECKPOINTS)?;
+            txn.open_table(CLAIMS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_FORMAT)? {
                 Some(v) => Some(decode_u32(v.value())?),
@@ -288,6 +291,7 @@ impl Store {
                 hashes,
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
+                claims: txn.open_table(CLAIMS)?,
                 meta,
                 audit_head,
                 spool_stats,
@@ -330,6 +334,13 @@ impl Store {
             )),
             None => Ok(None),
         }
+    }
+
+    /// Look a cluster claim up (check step 15 with `nonce_backend = "jetstream_kv"`).
+    pub fn claim_get(&self, key: &[u8; 24]) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(CLAIMS)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
 }
 
@@ -383,6 +394,7 @@ pub struct Batch<'t> {
     hashes: Table<'t, u64, &'static [u8]>,
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
+    claims: Table<'t, [u8; 24], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     audit_head: AuditHead,
     spool_stats: SpoolStats,
@@ -431,6 +443,22 @@ impl<'t> Batch<'t> {
         self.nonce_table(space).insert(key, buf.as_slice())?;
         self.buf = buf;
         Ok(())
+    }
+
+    /// Whether a cluster claim is held for `key`.
+    pub fn claim_exists(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
+        Ok(self.claims.get(key)?.is_some())
+    }
+
+    /// Hold a cluster claim (an encoded [`Claim`]).
+    pub fn claim_insert(&mut self, key: &[u8; 24], claim: &[u8]) -> Result<(), StorageError> {
+        self.claims.insert(key, claim)?;
+        Ok(())
+    }
+
+    /// Drop a cluster claim. Returns whether it was held.
+    pub fn claim_remove(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
+        Ok(self.claims.remove(key)?.is_some())
     }
 
     /// Delete every nonce whose signed timestamp is below `before_ts`. Returns how many.
@@ -590,11 +618,35 @@ impl Reader {
         Ok(out)
     }
 
+    /// Every cluster claim held (nonce key, encoded [`Claim`]), oldest signed timestamp first.
+    pub fn claims(&self) -> Result<Vec<ClaimRow>, StorageError> {
+        let table = self.txn.open_table(CLAIMS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Number of nonce records held in `space`.
     pub fn nonce_count(&self, space: NonceSpace) -> Result<u64, StorageError> {
         let table = self.txn.open_table(space.table())?;
         Ok(table.len()?)
     }
+}
+
+/// A cluster claim as stored: its nonce key and the encoded [`Claim`].
+pub type ClaimRow = ([u8; 24], Vec<u8>);
+
+/// Decode a cluster claim read through [`Reader::claims`] or [`Store::claim_get`].
+pub fn decode_claim(bytes: &[u8]) -> Result<Claim<'_>, StorageError> {
+    records::decode(bytes).map_err(|e| corrupt("claim", e))
+}
+
+/// Encode a cluster claim for [`Batch::claim_insert`].
+pub fn encode_claim(claim: &Claim<'_>, out: &mut Vec<u8>) -> Result<(), StorageError> {
+    records::encode(claim, out).map_err(|e| corrupt("claim", e))
 }
 
 /// Decode a spool value read through [`Reader::spool_range`].

@@ -35,6 +35,11 @@ pub enum Rejection {
     // Replay (15).
     NonceReused,
     NonceStoreUnavailable,
+    /// `jetstream_kv`: the shared bucket holds a value for the key that is malformed or not
+    /// written by a gateway (fail closed: a replay).
+    NonceForeignValue,
+    /// `jetstream_kv`: the shared bucket cannot be reached (fail closed).
+    NonceBucketUnavailable,
     // Body (16–27).
     InvalidJson,
     SchemaInvalid,
@@ -87,7 +92,7 @@ impl Rejection {
             | BodyTimestampMismatch
             | BodyNonceMismatch
             | SignedMetadataMismatch => 401,
-            NonceReused => 409,
+            NonceReused | NonceForeignValue => 409,
             InvalidJson
             | SchemaInvalid
             | CanonicalSchemaInvalid
@@ -97,9 +102,12 @@ impl Rejection {
             | SchemaVersionNotAllowed => 422,
             OperatorNotMapped | TenantMappingViolation => 403,
             RateLimited => 429,
-            NonceStoreUnavailable | SpoolFull | DlqSpoolFull | Overloaded | PersistenceFailed => {
-                503
-            }
+            NonceStoreUnavailable
+            | NonceBucketUnavailable
+            | SpoolFull
+            | DlqSpoolFull
+            | Overloaded
+            | PersistenceFailed => 503,
         }
     }
 
@@ -133,8 +141,8 @@ impl Rejection {
             TimestampOutsideSkew => "Telemetry timestamp out of allowed clock skew",
             SignatureEncoding => "Malformed signature encoding",
             SignatureInvalid => "Invalid telemetry signature",
-            NonceReused => "Replay detected: nonce already used",
-            NonceStoreUnavailable => "Nonce store unavailable",
+            NonceReused | NonceForeignValue => "Replay detected: nonce already used",
+            NonceStoreUnavailable | NonceBucketUnavailable => "Nonce store unavailable",
             InvalidJson => "Invalid JSON payload",
             SchemaInvalid => "Telemetry schema validation failed",
             BodyTimestampMismatch => "Body timestamp mismatch with signed header",
@@ -167,6 +175,8 @@ impl Rejection {
             CanonicalSchemaInvalid => Some("canonical_schema_failed"),
             ContractV2NotObject => Some("contract_v2_validation_failed"),
             ContractV2Invalid => Some("contract_v2_schema_failed"),
+            NonceForeignValue => Some("kv_value_malformed"),
+            NonceBucketUnavailable => Some("nonce_bucket_unavailable"),
             MalformedHttp
             | RequestTimeout
             | LengthRequired
@@ -244,7 +254,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 42] = {
+    pub const ALL: [Rejection; 44] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -272,6 +282,8 @@ impl Rejection {
             SignatureInvalid,
             NonceReused,
             NonceStoreUnavailable,
+            NonceForeignValue,
+            NonceBucketUnavailable,
             InvalidJson,
             SchemaInvalid,
             BodyTimestampMismatch,
