@@ -219,6 +219,30 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
         .map_err(|source| RunError::Bind { what, addr, source })
 }
 
+/// The first connection to JetStream at start, waited for at most 5 s. A reachable server
+/// with a missing or wrong stream or bucket is a start-up error; an unreachable one is not
+/// (the connection task keeps trying; `unreachable` is logged).
+async fn first_connection(
+    connect: impl std::future::Future<Output = Result<crate::nats::Connection, crate::nats::NatsError>>,
+    unreachable: &str,
+) -> Result<Option<crate::nats::Connection>, RunError> {
+    let first = futures_lite::future::or(async { connect.await.map(Some) }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(None)
+    })
+    .await;
+    match first {
+        Ok(c) => Ok(c),
+        Err(
+            e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. }),
+        ) => Err(RunError::Queue(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "{unreachable}");
+            Ok(None)
+        }
+    }
+}
+
 /// Run the gateway until SIGTERM or SIGINT.
 pub fn run(p: Prepared) -> Result<(), RunError> {
     let cfg = Rc::clone(&p.cfg);
@@ -344,56 +368,32 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         if let Some(mut setup) = p.forward {
             // A reachable queue with a missing or wrong stream is a start-up error; an
             // unreachable one is not (ingest goes on into the spool, forwarding retries).
-            let first = futures_lite::future::or(
-                async { crate::forward::connect_and_check(&mut setup).await.map(Some) },
-                async {
-                    Timer::after(Duration::from_secs(5)).await;
-                    Ok(None)
-                },
+            let first = first_connection(
+                crate::forward::connect_and_check(&mut setup),
+                "queue not reachable at start; forwarding will retry",
             )
-            .await;
-            let first = match first {
-                Ok(c) => c,
-                Err(e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. })) => {
-                    return Err(RunError::Queue(e));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue not reachable at start; forwarding will retry");
-                    None
-                }
-            };
+            .await?;
             if first.is_none() {
                 tracing::warn!("queue not connected yet; events stay in the spool until it is");
             }
-            ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first)).detach();
+            ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first))
+                .detach();
         }
         if let (Some(mut setup), Some(b), Some(c)) = (p.cluster, bucket, cfg.cluster.as_ref()) {
             // As the queue: a reachable bucket with a wrong configuration is a start-up
             // error; an unreachable one is not (telemetry answers 503 until it is back).
-            let first = futures_lite::future::or(
-                async {
-                    crate::cluster::connect_and_check(&mut setup, &b.spec, c.create_bucket)
-                        .await
-                        .map(Some)
-                },
-                async {
-                    Timer::after(Duration::from_secs(5)).await;
-                    Ok(None)
-                },
+            let first = first_connection(
+                crate::cluster::connect_and_check(&mut setup, &b.spec, c.create_bucket),
+                "nonce bucket not reachable at start; telemetry answers 503 until it is",
             )
-            .await;
-            let first = match first {
-                Ok(c) => c,
-                Err(e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. })) => {
-                    return Err(RunError::Queue(e));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "nonce bucket not reachable at start; telemetry answers 503 until it is");
-                    None
-                }
-            };
-            ex.spawn(crate::cluster::run(Rc::clone(&b), setup, c.create_bucket, first))
-                .detach();
+            .await?;
+            ex.spawn(crate::cluster::run(
+                Rc::clone(&b),
+                setup,
+                c.create_bucket,
+                first,
+            ))
+            .detach();
             ex.spawn(crate::cluster::settle::settler(Rc::clone(&gw), b))
                 .detach();
         }
@@ -458,7 +458,12 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         // Give the forwarder a moment to empty the spool while the queue is up.
         let deadline = Instant::now() + Duration::from_secs(5);
         while gw.forward.connected.get()
-            && gw.committer.shared.spool_count.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && gw
+                .committer
+                .shared
+                .spool_count
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
             && Instant::now() < deadline
         {
             Timer::after(Duration::from_millis(20)).await;
