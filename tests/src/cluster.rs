@@ -238,7 +238,7 @@ authorization {{ user: vvgate, password: "s3cret-pass" }}
             .with("nonce_backend = \"jetstream_kv\"")
             .with(&format!("nats_url = \"tls://127.0.0.1:{}\"", self.port(i)));
         o.extra_toml.push_str(&format!(
-            "\n[nats]\nca_path = \"{ca}\"\ncert_path = \"{d}/nats-client.pem\"\nkey = \"file:{d}/nats-client.key\"\ncredentials_file = \"{d}/nats.creds\"\n\n[cluster]\nappliance_id = \"{appliance}\"\nbucket = \"{BUCKET}\"\nreplicas = 3\ncreate_bucket = true\ntimeout_ms = 1000\n",
+            "\n[nats]\nca_path = \"{ca}\"\ncert_path = \"{d}/nats-client.pem\"\nkey = \"file:{d}/nats-client.key\"\ncredentials_file = \"{d}/nats.creds\"\n\n[cluster]\nappliance_id = \"{appliance}\"\nbucket = \"{BUCKET}\"\nreplicas = 3\ncreate_bucket = true\ntimeout_ms = 3000\n",
             ca = pki.path("ca.pem").display(),
             d = pki.dir.display(),
         ));
