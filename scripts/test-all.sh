@@ -13,11 +13,10 @@ echo "== installing test dependencies (apt)"
 $SUDO apt-get update
 # nats-server (queue tests), softhsm2 + opensc (PKCS#11 tests: pkcs11-tool makes weak keys,
 # opensc-pkcs11's pkcs11-spy counts the gateway's logins), curl/openssl/python3 (independent
-# TLS clients in the end-to-end tests), python3-cryptography (the producer-side verifier of
-# feedback responses, tests/python/verify_feedback.py).
+# TLS clients in the end-to-end tests), haproxy (the L4 balancer of the scale-out tests).
 $SUDO apt-get install -y --no-install-recommends \
-  ca-certificates curl openssl python3 python3-cryptography nats-server softhsm2 opensc opensc-pkcs11 \
-  golang-go golang-golang-x-mod-dev
+  ca-certificates curl openssl python3 nats-server softhsm2 opensc opensc-pkcs11 \
+  golang-go golang-golang-x-mod-dev haproxy python3-cryptography
 
 echo "== format and lints"
 cargo fmt --all -- --check

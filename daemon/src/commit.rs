@@ -68,6 +68,22 @@ pub enum Action {
         graph: GraphRecord,
         retention: u64,
     },
+    /// Hold a cluster claim (`nonce_backend = "jetstream_kv"`, an encoded
+    /// [`vvgate_storage::Claim`]) before its key is created in the shared bucket. Nothing is
+    /// spooled or audited yet; [`Outcome::Replay`] if the nonce is already accepted here.
+    Claim { key: [u8; 24], claim: Vec<u8> },
+    /// The bucket holds this appliance's value for the key: the claim becomes the nonce
+    /// record, the spooled envelope and the op's audit entry (the acceptance). Never refused
+    /// for a full spool: the key is burned cluster-wide, so the event must be kept.
+    Confirm {
+        key: [u8; 24],
+        record: NonceRecord,
+        spool: Envelope,
+    },
+    /// The key is another appliance's, or was never written: drop the claim. The op's audit
+    /// entry is appended only when `audited` (settlement without a request; a request
+    /// writes its own refusal).
+    Release { key: [u8; 24], audited: bool },
 }
 
 /// The audit entry of a decision.
@@ -855,6 +871,32 @@ impl StorageThread {
     ) -> Result<Outcome, StorageError> {
         let outcome = match std::mem::replace(&mut op.action, Action::AuditOnly) {
             Action::AuditOnly => None,
+            Action::Claim { key, claim } => {
+                if let Some(found) = b.nonce_get(NonceSpace::Telemetry, &key)? {
+                    Some((
+                        Outcome::Replay(found),
+                        409,
+                        "Replay detected: nonce already used",
+                        "nonce_recheck",
+                    ))
+                } else {
+                    b.claim_insert(&key, &claim)?;
+                    return Ok(Outcome::Committed { audit_index: 0 });
+                }
+            }
+            Action::Confirm { key, record, spool } => {
+                b.claim_remove(&key)?;
+                b.nonce_insert(NonceSpace::Telemetry, &key, &record)?;
+                self.segment.push(spool);
+                None
+            }
+            Action::Release { key, audited } => {
+                b.claim_remove(&key)?;
+                if !audited {
+                    return Ok(Outcome::Committed { audit_index: 0 });
+                }
+                None
+            }
             Action::Accept {
                 space,
                 key,

@@ -240,16 +240,22 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, NatsError> {
         .ok_or_else(|| NatsError::Io(std::io::Error::other(format!("{host} resolves to nothing"))))
 }
 
-/// Connect and check the stream once (the start-up check). Errors are returned as they are.
-pub async fn connect_and_check(setup: &mut ForwardSetup) -> Result<Connection, NatsError> {
+/// Connect to a JetStream server (resolving the host again each time).
+pub async fn connect(setup: &mut ForwardSetup) -> Result<Connection, NatsError> {
     setup.options.addr = resolve(&setup.host, setup.port).await?;
     let token = crate::ids::hex::<32>(&crate::ids::Random::new().uuid_v4());
-    let mut conn = Connection::connect(&setup.options, &token).await?;
+    let conn = Connection::connect(&setup.options, &token).await?;
     if !conn.info.jetstream {
         return Err(NatsError::Protocol(
             "the queue server does not have JetStream enabled".into(),
         ));
     }
+    Ok(conn)
+}
+
+/// Connect and check the stream once (the start-up check). Errors are returned as they are.
+pub async fn connect_and_check(setup: &mut ForwardSetup) -> Result<Connection, NatsError> {
+    let mut conn = connect(setup).await?;
     let state = jetstream::ensure_stream(&mut conn, &setup.spec, setup.create_stream).await?;
     if state.created {
         tracing::info!(stream = %setup.spec.name, "created the JetStream stream");
@@ -474,7 +480,9 @@ fn on_reply(
             }
             Ok(())
         }
-        PubAck::Error { code, description } => Err(NatsError::JetStream {
+        PubAck::Error {
+            code, description, ..
+        } => Err(NatsError::JetStream {
             what: "publish",
             code,
             description,

@@ -69,6 +69,8 @@ pub struct Gateway {
     keystore_ready: Option<KeystoreProbe>,
     /// The active feedback signing key; `None`: the feedback route answers 503.
     pub feedback_key: Option<crate::feedback::FeedbackKey>,
+    /// The shared nonce bucket (`nonce_backend = "jetstream_kv"`).
+    pub cluster: Option<Rc<crate::cluster::NonceBucket>>,
 }
 
 impl Gateway {
@@ -110,6 +112,7 @@ impl Gateway {
             draining: Cell::new(false),
             closing: event_listener::Event::new(),
             tls_rejects: RefCell::default(),
+            cluster: None,
         }
     }
 
@@ -301,6 +304,9 @@ impl Gateway {
             || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes
         {
             let _ = reasons.push("spool_full");
+        }
+        if self.cluster.as_ref().is_some_and(|b| !b.ready()) {
+            let _ = reasons.push("nonce_store_unavailable");
         }
         if self.draining.get() {
             let _ = reasons.push("draining");

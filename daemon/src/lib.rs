@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod control;

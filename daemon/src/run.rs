@@ -97,6 +97,8 @@ pub struct Prepared {
     server_config: Arc<rustls::ServerConfig>,
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
+    /// The connection to the shared nonce bucket (`nonce_backend = "jetstream_kv"`).
+    cluster: Option<crate::forward::ForwardSetup>,
     checkpoint_signer: Arc<dyn vvgate_hsm::RecordSigner>,
     /// The active feedback key, if configured and usable.
     feedback_key: Option<crate::feedback::FeedbackKey>,
@@ -189,11 +191,16 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         crate::config::QueueBackend::Nats => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
         crate::config::QueueBackend::Spool => None,
     };
+    let cluster = match cfg.cluster {
+        Some(_) => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
+        None => None,
+    };
     Ok(Prepared {
         cfg: Rc::new(cfg),
         server_config,
         catalogue,
         forward,
+        cluster,
         checkpoint_signer,
         feedback_key,
         keystore_ready,
@@ -221,6 +228,30 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunEr
     TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Bind { what, addr, source })
+}
+
+/// The first connection to JetStream at start, waited for at most 5 s. A reachable server
+/// with a missing or wrong stream or bucket is a start-up error; an unreachable one is not
+/// (the connection task keeps trying; `unreachable` is logged).
+async fn first_connection(
+    connect: impl std::future::Future<Output = Result<crate::nats::Connection, crate::nats::NatsError>>,
+    unreachable: &str,
+) -> Result<Option<crate::nats::Connection>, RunError> {
+    let first = futures_lite::future::or(async { connect.await.map(Some) }, async {
+        Timer::after(Duration::from_secs(5)).await;
+        Ok(None)
+    })
+    .await;
+    match first {
+        Ok(c) => Ok(c),
+        Err(
+            e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. }),
+        ) => Err(RunError::Queue(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "{unreachable}");
+            Ok(None)
+        }
+    }
 }
 
 /// Run the gateway until SIGTERM or SIGINT.
@@ -293,6 +324,17 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         p.keystore_ready.clone(),
     );
     gw.feedback_key = p.feedback_key;
+    let bucket = cfg.cluster.as_ref().map(|c| {
+        let min_ttl = crate::config::validate::min_bucket_ttl_secs(
+            cfg.allowed_clock_skew_seconds,
+            cfg.nonce_ttl_seconds,
+        );
+        Rc::new(crate::cluster::NonceBucket::new(
+            c,
+            Duration::from_secs(min_ttl),
+        ))
+    });
+    gw.cluster = bucket.clone();
     let gw = Rc::new(gw);
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
     let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
@@ -341,28 +383,34 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         if let Some(mut setup) = p.forward {
             // A reachable queue with a missing or wrong stream is a start-up error; an
             // unreachable one is not (ingest goes on into the spool, forwarding retries).
-            let first = futures_lite::future::or(
-                async { crate::forward::connect_and_check(&mut setup).await.map(Some) },
-                async {
-                    Timer::after(Duration::from_secs(5)).await;
-                    Ok(None)
-                },
+            let first = first_connection(
+                crate::forward::connect_and_check(&mut setup),
+                "queue not reachable at start; forwarding will retry",
             )
-            .await;
-            let first = match first {
-                Ok(c) => c,
-                Err(e @ (crate::nats::NatsError::Stream { .. } | crate::nats::NatsError::JetStream { .. })) => {
-                    return Err(RunError::Queue(e));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "queue not reachable at start; forwarding will retry");
-                    None
-                }
-            };
+            .await?;
             if first.is_none() {
                 tracing::warn!("queue not connected yet; events stay in the spool until it is");
             }
-            ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first)).detach();
+            ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first))
+                .detach();
+        }
+        if let (Some(mut setup), Some(b), Some(c)) = (p.cluster, bucket, cfg.cluster.as_ref()) {
+            // As the queue: a reachable bucket with a wrong configuration is a start-up
+            // error; an unreachable one is not (telemetry answers 503 until it is back).
+            let first = first_connection(
+                crate::cluster::connect_and_check(&mut setup, &b.spec, c.create_bucket),
+                "nonce bucket not reachable at start; telemetry answers 503 until it is",
+            )
+            .await?;
+            ex.spawn(crate::cluster::run(
+                Rc::clone(&b),
+                setup,
+                c.create_bucket,
+                first,
+            ))
+            .detach();
+            ex.spawn(crate::cluster::settle::settler(Rc::clone(&gw), b))
+                .detach();
         }
         ex.spawn(gateway::accept_producers(
             Rc::clone(&gw),
@@ -425,7 +473,12 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         // Give the forwarder a moment to empty the spool while the queue is up.
         let deadline = Instant::now() + Duration::from_secs(5);
         while gw.forward.connected.get()
-            && gw.committer.shared.spool_count.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && gw
+                .committer
+                .shared
+                .spool_count
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
             && Instant::now() < deadline
         {
             Timer::after(Duration::from_millis(20)).await;

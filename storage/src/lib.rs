@@ -10,6 +10,7 @@
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
 //! | `graphs` | (tenant id, u64 sequence per tenant) | [`GraphRecord`]: metadata of an accepted execution graph; the newest `retention` per tenant are kept |
+//! | `claims` | nonce key, as `nonces` | a cluster claim (`nonce_backend = "jetstream_kv"`): an accepted request waiting for its key in the shared bucket, with everything its acceptance writes ([`records::Claim`]) |
 //! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
@@ -37,7 +38,7 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, AuditRetention, EnvelopeKind, GraphRecord, NonceRecord, Route, SpoolItem,
+    AuditHead, AuditRetention, Claim, EnvelopeKind, GraphRecord, NonceRecord, Route, SpoolItem,
     SpoolSegment, SpoolStats,
 };
 
@@ -58,6 +59,7 @@ const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
 const META: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("meta");
 const GRAPHS: TableDefinition<'static, (&'static str, u64), &'static [u8]> =
     TableDefinition::new("graphs");
+const CLAIMS: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("claims");
 
 const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
@@ -226,6 +228,7 @@ impl Store {
             txn.open_table(AUDIT_HASHES_KEPT)?;
             txn.open_table(CHECKPOINTS)?;
             txn.open_table(GRAPHS)?;
+            txn.open_table(CLAIMS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(META_FORMAT)? {
                 Some(v) => Some(decode_u32(v.value())?),
@@ -297,6 +300,7 @@ impl Store {
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
                 graphs: txn.open_table(GRAPHS)?,
+                claims: txn.open_table(CLAIMS)?,
                 meta,
                 audit_head,
                 spool_stats,
@@ -339,6 +343,13 @@ impl Store {
             )),
             None => Ok(None),
         }
+    }
+
+    /// Look a cluster claim up (check step 15 with `nonce_backend = "jetstream_kv"`).
+    pub fn claim_get(&self, key: &[u8; 24]) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(CLAIMS)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
     }
 }
 
@@ -393,6 +404,7 @@ pub struct Batch<'t> {
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
     graphs: Table<'t, (&'static str, u64), &'static [u8]>,
+    claims: Table<'t, [u8; 24], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     audit_head: AuditHead,
     spool_stats: SpoolStats,
@@ -441,6 +453,22 @@ impl<'t> Batch<'t> {
         self.nonce_table(space).insert(key, buf.as_slice())?;
         self.buf = buf;
         Ok(())
+    }
+
+    /// Whether a cluster claim is held for `key`.
+    pub fn claim_exists(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
+        Ok(self.claims.get(key)?.is_some())
+    }
+
+    /// Hold a cluster claim (an encoded [`Claim`]).
+    pub fn claim_insert(&mut self, key: &[u8; 24], claim: &[u8]) -> Result<(), StorageError> {
+        self.claims.insert(key, claim)?;
+        Ok(())
+    }
+
+    /// Drop a cluster claim. Returns whether it was held.
+    pub fn claim_remove(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
+        Ok(self.claims.remove(key)?.is_some())
     }
 
     /// Delete every nonce whose signed timestamp is below `before_ts`. Returns how many.
@@ -647,11 +675,35 @@ impl Reader {
         Ok(out)
     }
 
+    /// Every cluster claim held (nonce key, encoded [`Claim`]), oldest signed timestamp first.
+    pub fn claims(&self) -> Result<Vec<ClaimRow>, StorageError> {
+        let table = self.txn.open_table(CLAIMS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Number of nonce records held in `space`.
     pub fn nonce_count(&self, space: NonceSpace) -> Result<u64, StorageError> {
         let table = self.txn.open_table(space.table())?;
         Ok(table.len()?)
     }
+}
+
+/// A cluster claim as stored: its nonce key and the encoded [`Claim`].
+pub type ClaimRow = ([u8; 24], Vec<u8>);
+
+/// Decode a cluster claim read through [`Reader::claims`] or [`Store::claim_get`].
+pub fn decode_claim(bytes: &[u8]) -> Result<Claim<'_>, StorageError> {
+    records::decode(bytes).map_err(|e| corrupt("claim", e))
+}
+
+/// Encode a cluster claim for [`Batch::claim_insert`].
+pub fn encode_claim(claim: &Claim<'_>, out: &mut Vec<u8>) -> Result<(), StorageError> {
+    records::encode(claim, out).map_err(|e| corrupt("claim", e))
 }
 
 /// Decode a spool value read through [`Reader::spool_range`].

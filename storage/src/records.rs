@@ -45,6 +45,33 @@ pub enum NonceRecord {
     },
 }
 
+/// A cluster claim (`nonce_backend = "jetstream_kv"`): a request accepted here whose nonce key
+/// is being (or may have been) created in the shared bucket. It holds everything the
+/// acceptance writes, so that once the bucket confirms the key is this appliance's the claim
+/// becomes the nonce record, the spooled envelope and the `telemetry.accepted` audit entry;
+/// if the key is another appliance's, the claim is dropped. Nothing of it is forwarded while
+/// it is a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Claim<'a> {
+    /// Format 1.
+    V1 {
+        /// The bucket key (`n.` + hex SHA-256 of `"{ts}:{nonce}"`).
+        #[serde(borrow)]
+        kv_key: &'a str,
+        /// The value this appliance writes under it.
+        #[serde(borrow)]
+        kv_value: &'a [u8],
+        /// The nonce record the acceptance writes.
+        record: NonceRecord,
+        /// The envelope it spools.
+        #[serde(borrow)]
+        envelope: SpoolItem<'a>,
+        /// The details (CJSON) of its `telemetry.accepted` audit entry.
+        #[serde(borrow)]
+        audit_details: &'a [u8],
+    },
+}
+
 /// What kind of envelope a spool entry carries (CONTRACT.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnvelopeKind {

@@ -18,6 +18,8 @@ use vvgate::devpki::{self, DevCa};
 
 pub use vvgate;
 
+pub mod cluster;
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Path of a binary built by this workspace (`vvgated`, `vvctl`).
@@ -732,6 +734,22 @@ impl NatsServer {
 }
 
 async fn read_stream(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
+    read_stream_at(ns.port, &ns.stream, pki).await
+}
+
+/// Every message of `stream`, read through the server on `port`.
+pub async fn read_stream_at(port: u16, stream: &str, pki: &Pki) -> Vec<StreamMessage> {
+    try_read_stream_at(port, stream, pki)
+        .await
+        .expect("read the stream")
+}
+
+/// Every message of `stream`, or why it could not be read (a cluster electing a leader).
+pub async fn try_read_stream_at(
+    port: u16,
+    stream: &str,
+    pki: &Pki,
+) -> Result<Vec<StreamMessage>, String> {
     use base64::Engine;
     use vvgate::nats::{Connection, Credentials, NatsOptions};
     let tls = vvgate::client::client_config(
@@ -739,27 +757,31 @@ async fn read_stream(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
         &pki.path("nats-client.pem"),
         &pki.path("nats-client.key"),
     )
-    .expect("tls");
+    .map_err(|e| e.to_string())?;
     let opts = NatsOptions {
-        addr: SocketAddr::from(([127, 0, 0, 1], ns.port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
         server_name: "127.0.0.1".into(),
         tls,
-        credentials: Credentials::load(&pki.path("nats.creds")).expect("creds"),
+        credentials: Credentials::load(&pki.path("nats.creds")).map_err(|e| e.to_string())?,
         name: "vvgate-e2e-reader".into(),
         timeout: Duration::from_secs(10),
     };
     let mut conn = Connection::connect(&opts, "e2ereader")
         .await
-        .expect("connect to nats");
+        .map_err(|e| e.to_string())?;
     let info = conn
         .request(
-            &format!("$JS.API.STREAM.INFO.{}", ns.stream),
+            &format!("$JS.API.STREAM.INFO.{stream}"),
             b"",
             Duration::from_secs(10),
         )
         .await
-        .expect("stream info");
-    let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("info JSON");
+        .map_err(|e| e.to_string())?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&info.payload).map_err(|e| e.to_string())?;
+    if info.get("error").is_some() {
+        return Err(info.to_string());
+    }
     let first = info["state"]["first_seq"].as_u64().unwrap_or(1);
     let last = info["state"]["last_seq"].as_u64().unwrap_or(0);
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -768,13 +790,13 @@ async fn read_stream(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
         let body = format!("{{\"seq\":{seq}}}");
         let r = conn
             .request(
-                &format!("$JS.API.STREAM.MSG.GET.{}", ns.stream),
+                &format!("$JS.API.STREAM.MSG.GET.{stream}"),
                 body.as_bytes(),
                 Duration::from_secs(10),
             )
             .await
-            .expect("msg get");
-        let v: serde_json::Value = serde_json::from_slice(&r.payload).expect("msg JSON");
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).map_err(|e| e.to_string())?;
         let m = &v["message"];
         if m.is_null() {
             continue; // deleted
@@ -792,7 +814,7 @@ async fn read_stream(ns: &NatsServer, pki: &Pki) -> Vec<StreamMessage> {
                 .unwrap_or_default(),
         });
     }
-    out
+    Ok(out)
 }
 
 /// One request sent by [`Load`] and what became of it.

@@ -6,7 +6,7 @@
 
 mod env;
 mod raw;
-mod validate;
+pub mod validate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -76,15 +76,38 @@ pub enum Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NonceBackend {
+    /// Replay protection from this appliance's own redb nonce table.
     Redb,
+    /// Cluster-wide: a create-only key in a JetStream KV bucket shared by every appliance,
+    /// with the redb table as the local fast path (`[cluster]`, docs/scale-out.md).
+    JetstreamKv,
 }
 
 impl NonceBackend {
     pub fn as_str(self) -> &'static str {
         match self {
             NonceBackend::Redb => "redb",
+            NonceBackend::JetstreamKv => "jetstream_kv",
         }
     }
+}
+
+/// `[cluster]`: several appliances sharing one JetStream KV bucket of nonces.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This appliance's name in the bucket's values (unique per appliance).
+    pub appliance_id: String,
+    /// The KV bucket (stream `KV_<bucket>`).
+    pub bucket: String,
+    /// Replicas the bucket must have (and is created with).
+    pub replicas: u64,
+    /// Create the bucket when it does not exist.
+    pub create_bucket: bool,
+    /// The TTL a created bucket gets; an existing bucket's must be at least the retention rule.
+    pub ttl: Duration,
+    /// How long a KV create or read may wait for its answer before the bucket counts as
+    /// unreachable (503).
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,6 +307,8 @@ pub struct Config {
     pub storage_cache_bytes: usize,
     pub tls: TlsConfig,
     pub nats: NatsConfig,
+    /// Set exactly when `nonce_backend = "jetstream_kv"`.
+    pub cluster: Option<ClusterConfig>,
     pub audit: AuditConfig,
     pub federation: FederationConfig,
     pub ops_listen: SocketAddr,

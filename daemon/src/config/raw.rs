@@ -15,6 +15,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) nats: RawNats,
     #[serde(default)]
+    pub(crate) cluster: RawCluster,
+    #[serde(default)]
     pub(crate) audit: RawAudit,
     #[serde(default)]
     pub(crate) federation: RawFederation,
@@ -107,6 +109,17 @@ pub(crate) struct RawNats {
     pub(crate) stream: Option<String>,
     pub(crate) create_stream: Option<bool>,
     pub(crate) max_in_flight: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) appliance_id: Option<String>,
+    pub(crate) bucket: Option<String>,
+    pub(crate) replicas: Option<i64>,
+    pub(crate) create_bucket: Option<bool>,
+    pub(crate) ttl_seconds: Option<i64>,
+    pub(crate) timeout_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -503,17 +503,11 @@ pub(super) fn validate(
     );
     let nonce_backend = match g.nonce_backend.as_deref().unwrap_or("redb") {
         "redb" => NonceBackend::Redb,
-        "jetstream_kv" => {
-            c.bad(
-                &k("nonce_backend"),
-                "jetstream_kv (cluster-wide replay protection) is not available in this build; use redb",
-            );
-            NonceBackend::Redb
-        }
+        "jetstream_kv" => NonceBackend::JetstreamKv,
         other => {
             c.bad(
                 &k("nonce_backend"),
-                format!("must be redb (got {other:?}; redis and memory are upstream backends)"),
+                format!("must be redb or jetstream_kv (got {other:?}; redis and memory are upstream backends)"),
             );
             NonceBackend::Redb
         }
@@ -797,6 +791,15 @@ pub(super) fn validate(
             }
         }
     }
+    // [cluster]
+    let cluster = cluster(
+        &mut c,
+        raw.cluster,
+        nonce_backend,
+        queue_backend,
+        allowed_clock_skew_seconds,
+        nonce_ttl_seconds,
+    );
     // [audit]
     let a = raw.audit;
     let checkpoint_origin = c
@@ -995,6 +998,7 @@ pub(super) fn validate(
             crl_paths,
         },
         nats,
+        cluster,
         audit,
         federation,
         ops_listen,
@@ -1002,5 +1006,85 @@ pub(super) fn validate(
         control,
         evidence,
         warnings: c.warnings,
+    })
+}
+
+/// The shortest bucket TTL that keeps a key while a re-send of its request can still pass the
+/// skew check anywhere, and for `nonce_ttl_seconds` after acceptance (CONTRACT.md §3.5): a key
+/// is written at the earliest `ts - skew`, and must live until `ts + skew + 1` and until
+/// `accepted_at + nonce_ttl`.
+pub fn min_bucket_ttl_secs(skew: u64, nonce_ttl: u64) -> u64 {
+    2 * skew + nonce_ttl + 1
+}
+
+/// `[cluster]`: checked whenever present; required with `nonce_backend = "jetstream_kv"`.
+fn cluster(
+    c: &mut Checker<'_>,
+    r: super::raw::RawCluster,
+    backend: NonceBackend,
+    queue: QueueBackend,
+    skew: u64,
+    nonce_ttl: u64,
+) -> Option<super::ClusterConfig> {
+    let min_ttl = min_bucket_ttl_secs(skew, nonce_ttl);
+    let replicas = c.int("cluster.replicas", r.replicas, 3, 1, 5);
+    let ttl_secs = c.int(
+        "cluster.ttl_seconds",
+        r.ttl_seconds,
+        i64::try_from(min_ttl.max(3600)).unwrap_or(3600),
+        1,
+        31_536_000,
+    );
+    if ttl_secs < min_ttl {
+        c.bad(
+            "cluster.ttl_seconds",
+            format!("must be at least {min_ttl} (2 x allowed_clock_skew_seconds + nonce_ttl_seconds + 1), got {ttl_secs}"),
+        );
+    }
+    let timeout_ms = c.int("cluster.timeout_ms", r.timeout_ms, 2000, 50, 60_000);
+    let bucket = r.bucket.unwrap_or_else(|| "VVGATE_NONCES".into());
+    if bucket.is_empty()
+        || bucket.len() > 64
+        || !bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        c.bad(
+            "cluster.bucket",
+            "bucket names are 1-64 letters, digits, '_' and '-'",
+        );
+    }
+    let appliance_id = r.appliance_id.unwrap_or_default();
+    if backend != NonceBackend::JetstreamKv {
+        return None;
+    }
+    if appliance_id.is_empty() {
+        c.bad(
+            "cluster.appliance_id",
+            "is required with nonce_backend = \"jetstream_kv\" (a name unique to this appliance)",
+        );
+    } else if appliance_id.len() > 64
+        || !appliance_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        c.bad(
+            "cluster.appliance_id",
+            "must be 1-64 letters, digits, '.', '_' and '-'",
+        );
+    }
+    if queue != QueueBackend::Nats {
+        c.bad(
+            "telemetry_gateway.nonce_backend",
+            "jetstream_kv needs queue_backend = \"nats\" (the bucket lives on the same JetStream cluster)",
+        );
+    }
+    Some(super::ClusterConfig {
+        appliance_id,
+        bucket,
+        replicas,
+        create_bucket: r.create_bucket.unwrap_or(false),
+        ttl: Duration::from_secs(ttl_secs),
+        timeout: Duration::from_millis(timeout_ms),
     })
 }

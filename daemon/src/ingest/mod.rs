@@ -15,6 +15,7 @@ pub mod replay;
 use vvgate_storage::{nonce_key, EnvelopeKind, NonceRecord, NonceSpace, Route};
 
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
+use crate::cluster;
 use crate::commit::{Action, AuditItem, Envelope, Op, Outcome, SubmitError};
 use crate::envelope::{self, DeadLetterTrace};
 use crate::gateway::Gateway;
@@ -192,6 +193,29 @@ pub async fn telemetry(
                 .await;
         }
     }
+    // Cluster mode: a claim of ours left open, then the shared bucket.
+    let kv_key = match &gw.cluster {
+        None => None,
+        Some(b) => {
+            match gw.store.claim_get(&key) {
+                Ok(None) => {}
+                Ok(Some(raw)) => {
+                    return cluster::settle::resume(gw, b, &ctx, key, &raw, body_sha256, out).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster claim lookup failed");
+                    return gw
+                        .refuse(&ctx, Rejection::NonceStoreUnavailable.into(), out)
+                        .await;
+                }
+            }
+            let kv_key = cluster::value::kv_key(signed.ts_text, signed.nonce);
+            if let Some(r) = cluster::settle::lookup(gw, b, &ctx, &kv_key, body_sha256, out).await {
+                return r;
+            }
+            Some(kv_key)
+        }
+    };
 
     // Steps 16–28.
     let accepted = match evaluate_body(
@@ -218,24 +242,39 @@ pub async fn telemetry(
     if gw.committer.room() == 0 {
         return gw.refuse(&ctx, Rejection::Overloaded.into(), out).await;
     }
+    let record = NonceRecord::V1 {
+        body_sha256,
+        request_id: ctx.request_id,
+        route: Route::Telemetry,
+        accepted_at: secs,
+    };
+    let envelope = Envelope {
+        kind: EnvelopeKind::Ingest,
+        msg_id: accepted.message_id.as_str().to_owned(),
+        integrity_hash: accepted.integrity_hash,
+        body: accepted.envelope,
+    };
+    if let (Some(b), Some(kv_key)) = (&gw.cluster, kv_key) {
+        let a = cluster::settle::Acceptance {
+            key,
+            kv_key,
+            record,
+            envelope,
+            details: accepted.details,
+        };
+        gw.reserve_spool(body_len);
+        let r = cluster::settle::accept(gw, b, &ctx, a, out).await;
+        gw.release_spool(body_len);
+        return r;
+    }
     let op = Op {
         request_id: ctx.request_id,
         route: ctx.route,
         action: Action::Accept {
             space: NonceSpace::Telemetry,
             key,
-            record: NonceRecord::V1 {
-                body_sha256,
-                request_id: ctx.request_id,
-                route: Route::Telemetry,
-                accepted_at: secs,
-            },
-            spool: Some(Envelope {
-                kind: EnvelopeKind::Ingest,
-                msg_id: accepted.message_id.as_str().to_owned(),
-                integrity_hash: accepted.integrity_hash,
-                body: accepted.envelope,
-            }),
+            record,
+            spool: Some(envelope),
         },
         audit: AuditItem {
             actor: ACTOR_GATEWAY,

@@ -35,6 +35,11 @@ pub enum Rejection {
     // Replay (15).
     NonceReused,
     NonceStoreUnavailable,
+    /// `jetstream_kv`: the shared bucket holds a value for the key that is malformed or not
+    /// written by a gateway (fail closed: a replay).
+    NonceForeignValue,
+    /// `jetstream_kv`: the shared bucket cannot be reached (fail closed).
+    NonceBucketUnavailable,
     // Body (16–27).
     InvalidJson,
     SchemaInvalid,
@@ -104,7 +109,7 @@ impl Rejection {
             | SignedMetadataMismatch
             | FederationTimestampOutsideSkew
             | FederationSignatureInvalid => 401,
-            NonceReused | FederationNonceReused => 409,
+            NonceReused | NonceForeignValue | FederationNonceReused => 409,
             InvalidJson
             | SchemaInvalid
             | CanonicalSchemaInvalid
@@ -120,6 +125,7 @@ impl Rejection {
             OperatorNotMapped | TenantMappingViolation => 403,
             RateLimited => 429,
             NonceStoreUnavailable
+            | NonceBucketUnavailable
             | SpoolFull
             | DlqSpoolFull
             | Overloaded
@@ -158,8 +164,8 @@ impl Rejection {
             TimestampOutsideSkew => "Telemetry timestamp out of allowed clock skew",
             SignatureEncoding => "Malformed signature encoding",
             SignatureInvalid => "Invalid telemetry signature",
-            NonceReused => "Replay detected: nonce already used",
-            NonceStoreUnavailable => "Nonce store unavailable",
+            NonceReused | NonceForeignValue => "Replay detected: nonce already used",
+            NonceStoreUnavailable | NonceBucketUnavailable => "Nonce store unavailable",
             InvalidJson => "Invalid JSON payload",
             SchemaInvalid => "Telemetry schema validation failed",
             BodyTimestampMismatch => "Body timestamp mismatch with signed header",
@@ -207,6 +213,8 @@ impl Rejection {
             CanonicalSchemaInvalid => Some("canonical_schema_failed"),
             ContractV2NotObject => Some("contract_v2_validation_failed"),
             ContractV2Invalid => Some("contract_v2_schema_failed"),
+            NonceForeignValue => Some("kv_value_malformed"),
+            NonceBucketUnavailable => Some("nonce_bucket_unavailable"),
             MalformedHttp
             | RequestTimeout
             | LengthRequired
@@ -301,7 +309,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 54] = {
+    pub const ALL: [Rejection; 56] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -329,6 +337,8 @@ impl Rejection {
             SignatureInvalid,
             NonceReused,
             NonceStoreUnavailable,
+            NonceForeignValue,
+            NonceBucketUnavailable,
             InvalidJson,
             SchemaInvalid,
             BodyTimestampMismatch,

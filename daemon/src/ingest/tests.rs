@@ -127,6 +127,12 @@ const TABLE: &[(Rejection, u16, &str)] = &[
         422,
         "Telemetry schema version is not allowed",
     ),
+    (
+        NonceForeignValue,
+        409,
+        "Replay detected: nonce already used",
+    ),
+    (NonceBucketUnavailable, 503, "Nonce store unavailable"),
     (RateLimited, 429, "Operator burst anomaly detected"),
     (SpoolFull, 503, "Telemetry queue publish failed"),
     (DlqSpoolFull, 503, "Telemetry DLQ publish failed"),

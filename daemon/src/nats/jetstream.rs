@@ -24,7 +24,8 @@ pub struct StreamState {
     pub created: bool,
 }
 
-fn api_error(v: &serde_json::Value) -> Option<(i64, String)> {
+/// The `(code, description)` of an API reply that is an error.
+pub fn api_error(v: &serde_json::Value) -> Option<(i64, String)> {
     let e = v.get("error")?;
     Some((
         e.get("code")
@@ -37,7 +38,8 @@ fn api_error(v: &serde_json::Value) -> Option<(i64, String)> {
     ))
 }
 
-async fn api(
+/// One JetStream API call (a request and its JSON reply).
+pub async fn api(
     conn: &mut Connection,
     subject: &str,
     body: &[u8],
@@ -164,8 +166,13 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 pub enum PubAck {
     /// Stored (or recognised as a duplicate of what is stored): safe to delete locally.
     Stored { seq: u64, duplicate: bool },
-    /// JetStream refused it.
-    Error { code: i64, description: String },
+    /// JetStream refused it. `err_code` is JetStream's own error number (10071: wrong last
+    /// sequence, the answer to a create-only write of a key that exists).
+    Error {
+        code: i64,
+        err_code: i64,
+        description: String,
+    },
     /// No stream captures the subject (header status 503).
     NoResponders,
     /// Not a PubAck at all.
@@ -185,12 +192,20 @@ pub fn parse_pub_ack(status: Option<u16>, payload: &[u8], tape: &mut Tape) -> Pu
     }
     if let Some(e) = doc.get(Doc::ROOT, "error") {
         let code = doc.get(e, "code").and_then(|i| doc.as_i64(i)).unwrap_or(0);
+        let err_code = doc
+            .get(e, "err_code")
+            .and_then(|i| doc.as_i64(i))
+            .unwrap_or(0);
         let description = doc
             .get(e, "description")
             .filter(|&i| doc.kind(i) == Kind::Str)
             .map(|i| doc.str(i).chars().take(200).collect())
             .unwrap_or_else(|| "unknown error".into());
-        return PubAck::Error { code, description };
+        return PubAck::Error {
+            code,
+            err_code,
+            description,
+        };
     }
     let has_stream = doc
         .get(Doc::ROOT, "stream")
@@ -238,7 +253,7 @@ mod tests {
         );
         assert_eq!(
             parse_pub_ack(None, br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#, &mut t),
-            PubAck::Error { code: 503, description: "maximum messages exceeded".into() }
+            PubAck::Error { code: 503, err_code: 10077, description: "maximum messages exceeded".into() }
         );
         assert_eq!(parse_pub_ack(Some(503), b"", &mut t), PubAck::NoResponders);
         for bad in [

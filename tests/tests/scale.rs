@@ -1,0 +1,353 @@
+//! Scale-out: several gateways on one 3-node JetStream cluster with cluster-wide replay
+//! protection (`nonce_backend = "jetstream_kv"`), HAProxy in TCP mode in front of them.
+//! Every test counts events end to end: sent, acknowledged (202, or 409 naming an earlier
+//! acceptance), in the stream, duplicated, lost.
+
+// Integration tests live in their own crate, not in a #[cfg(test)] module.
+#![allow(clippy::tests_outside_test_module)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use vvgate::client::{Connection, HttpResponse, Producer};
+use vvgate_e2e::cluster::{Haproxy, NatsCluster, BUCKET};
+use vvgate_e2e::*;
+
+struct Site {
+    pki: Pki,
+    nats: NatsCluster,
+    gateways: Vec<Gateway>,
+}
+
+/// A cluster, the R3 stream, and one gateway per `(node, appliance, extra line)`.
+fn site(gws: &[(usize, &str, &str)]) -> Site {
+    let dir = temp_dir("scale");
+    let pki = Pki::new(&dir.join("pki"));
+    let nats = NatsCluster::start(&pki);
+    nats.create_stream(&pki);
+    let gateways = gws
+        .iter()
+        .map(|(node, name, extra)| {
+            let mut base = Opts::default().with(extra);
+            base.port = Some(free_port());
+            let opts = nats.gateway_opts(&pki, *node, name, base);
+            Gateway::start_in(temp_dir(&format!("gw-{name}")), pki.clone(), opts)
+        })
+        .collect();
+    Site {
+        pki,
+        nats,
+        gateways,
+    }
+}
+
+fn send_once(addr: SocketAddr, p: &Producer, req: &[u8]) -> Option<HttpResponse> {
+    let mut c =
+        Connection::connect_tls(addr, "localhost", p.tls.clone(), Duration::from_secs(5)).ok()?;
+    c.send(req).ok()
+}
+
+/// Ingest envelopes in the stream, by nonce.
+fn ingest_by_nonce(s: &Site, node: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for msg in s.nats.messages(&s.pki, node) {
+        if msg.subject == "vectorvue.telemetry.ingest" {
+            let n = msg.envelope()["payload"]["nonce"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            *m.entry(n).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[test]
+fn the_same_request_on_two_appliances_is_accepted_once() {
+    let s = site(&[(0, "gw-a", "idempotent_retry = true"), (1, "gw-b", "")]);
+    let (a, b) = (&s.gateways[0], &s.gateways[1]);
+    let p = s.pki.producer();
+
+    // A first, then B: B answers 409 with A's request id.
+    let v = valid();
+    let req = request(&p, &v);
+    let r = send_once(a.addr, &p, &req).expect("A answers");
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let id_a = json(&r)["request_id"].as_str().unwrap().to_owned();
+    let r = send_once(b.addr, &p, &req).expect("B answers");
+    assert_eq!(r.status, 409);
+    assert_eq!(json(&r)["original"]["request_id"], id_a.as_str());
+    assert_eq!(json(&r)["detail"], "Replay detected: nonce already used");
+    let audit = b.audit_for(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(audit["details"]["original_request_id"], id_a.as_str());
+
+    // B first, then A (idempotent_retry): 202 with B's id.
+    let w = valid();
+    let req_w = request(&p, &w);
+    let r = send_once(b.addr, &p, &req_w).expect("B answers");
+    assert_eq!(r.status, 202);
+    let id_b = json(&r)["request_id"].as_str().unwrap().to_owned();
+    let r = send_once(a.addr, &p, &req_w).expect("A answers");
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-idempotent-replay"), Some("true"));
+    assert_eq!(json(&r)["request_id"], id_b.as_str());
+
+    // Another body under the same nonce on the other appliance: a plain replay.
+    let other = event_with(v.ts, &v.nonce, |e| {
+        e["signed_metadata"]["campaign_id"] = "cmp-002".into();
+        e["campaign_id"] = "cmp-002".into();
+    });
+    let r = send_once(b.addr, &p, &request(&p, &other)).expect("B answers");
+    assert_eq!(r.status, 409);
+    assert!(json(&r).get("original").is_none());
+
+    // A value no gateway wrote: a replay, audited with the reason.
+    let x = valid();
+    let key = vvgate::cluster::value::kv_key(&x.ts.to_string(), &x.nonce);
+    let put = s.nats.put(&s.pki, 2, &key, b"{\"owner\":\"someone else\"}");
+    assert!(put.get("error").is_none(), "{put}");
+    let r = send_once(a.addr, &p, &request(&p, &x)).expect("A answers");
+    assert_eq!(r.status, 409);
+    let audit = a.audit_for(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(audit["details"]["sub_reason"], "kv_value_malformed");
+
+    // The stream holds each accepted event once; nothing of the refused ones.
+    wait_for(20, "both events in the stream", || {
+        let m = ingest_by_nonce(&s, 0);
+        m.get(&v.nonce) == Some(&1) && m.get(&w.nonce) == Some(&1)
+    });
+    let m = ingest_by_nonce(&s, 0);
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(!m.contains_key(&x.nonce));
+    // The bucket was created by the first gateway with three replicas.
+    let info = s
+        .nats
+        .request(&s.pki, 0, &format!("$JS.API.STREAM.INFO.KV_{BUCKET}"), b"")
+        .unwrap();
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    assert_eq!(info["config"]["max_msgs_per_subject"], 1);
+}
+
+/// What one producer event came to.
+struct Outcome {
+    nonce: String,
+    acknowledged: bool,
+    attempts: u32,
+}
+
+/// Producers through `addr` (HAProxy), each sending `per_thread` fresh events and retrying
+/// the same bytes (on a new connection) after connection errors, 429 and 503, as the
+/// SpectraStrike producer does. An event is acknowledged by 202, or by 409 naming an
+/// earlier acceptance (a lost 202).
+fn producers(
+    addr: SocketAddr,
+    pki: &Pki,
+    threads: usize,
+    per_thread: usize,
+) -> Vec<std::thread::JoinHandle<Vec<Outcome>>> {
+    (0..threads)
+        .map(|_| {
+            let pki = pki.clone();
+            std::thread::spawn(move || {
+                let p = pki.producer();
+                let mut out = Vec::new();
+                let mut conn: Option<Connection> = None;
+                for _ in 0..per_thread {
+                    let v = valid();
+                    let req = request(&p, &v);
+                    let deadline = Instant::now() + Duration::from_secs(45);
+                    let mut o = Outcome {
+                        nonce: v.nonce.clone(),
+                        acknowledged: false,
+                        attempts: 0,
+                    };
+                    while Instant::now() < deadline {
+                        o.attempts += 1;
+                        if conn.is_none() {
+                            conn = Connection::connect_tls(
+                                addr,
+                                "localhost",
+                                p.tls.clone(),
+                                Duration::from_secs(5),
+                            )
+                            .ok();
+                        }
+                        let r = conn.as_mut().map(|c| c.send(&req));
+                        match r {
+                            Some(Ok(r)) if r.status == 202 => {
+                                o.acknowledged = true;
+                                break;
+                            }
+                            Some(Ok(r))
+                                if r.status == 409 && json(&r).get("original").is_some() =>
+                            {
+                                o.acknowledged = true;
+                                break;
+                            }
+                            Some(Ok(r)) if r.status == 503 || r.status == 429 => {
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                            Some(Ok(r)) => panic!(
+                                "final answer {}: {}",
+                                r.status,
+                                String::from_utf8_lossy(&r.body)
+                            ),
+                            _ => {
+                                conn = None;
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                    out.push(o);
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// Sent / acknowledged / in the stream / duplicated / lost, asserted 0 lost and 0 duplicated.
+fn count(s: &Site, node: usize, outcomes: &[Outcome], what: &str) {
+    let acked: BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| o.acknowledged)
+        .map(|o| o.nonce.as_str())
+        .collect();
+    wait_for(60, "every acknowledged event in the stream", || {
+        let m = ingest_by_nonce(s, node);
+        acked.iter().all(|n| m.contains_key(*n))
+    });
+    let m = ingest_by_nonce(s, node);
+    let dup = m.values().filter(|&&c| c > 1).count();
+    let lost = acked.iter().filter(|n| !m.contains_key(**n)).count();
+    let retries: u32 = outcomes.iter().map(|o| o.attempts - 1).sum();
+    eprintln!(
+        "{what}: sent {} events ({retries} retries), acknowledged {}, in the stream {}, duplicated {dup}, lost {lost}",
+        outcomes.len(),
+        acked.len(),
+        m.len()
+    );
+    assert_eq!(
+        acked.len(),
+        outcomes.len(),
+        "every event acknowledged in time"
+    );
+    assert_eq!(dup, 0, "duplicates");
+    assert_eq!(lost, 0, "lost");
+    // Nothing in the stream that no producer sent.
+    let sent: BTreeSet<&str> = outcomes.iter().map(|o| o.nonce.as_str()).collect();
+    assert!(m.keys().all(|n| sent.contains(n.as_str())));
+}
+
+#[test]
+fn an_appliance_killed_under_load_loses_and_duplicates_nothing() {
+    let mut s = site(&[
+        (0, "gw-a", "idempotent_retry = true"),
+        (1, "gw-b", "idempotent_retry = true"),
+    ]);
+    let addrs: Vec<_> = s.gateways.iter().map(|g| g.addr).collect();
+    let Some(lb) = Haproxy::start(&addrs) else {
+        panic!("haproxy is not installed (scripts/test-all.sh installs it)");
+    };
+    let load = producers(lb.addr, &s.pki, 4, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    s.gateways[0].kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Back with its spool and its open claims (settled against the bucket).
+    s.gateways[0].restart();
+    let outcomes: Vec<Outcome> = load
+        .into_iter()
+        .flat_map(|t| t.join().expect("producer"))
+        .collect();
+    count(&s, 2, &outcomes, "appliance SIGKILL");
+}
+
+#[test]
+fn a_queue_node_killed_and_restarted_under_load_loses_and_duplicates_nothing() {
+    let mut s = site(&[
+        (0, "gw-a", "idempotent_retry = true"),
+        (1, "gw-b", "idempotent_retry = true"),
+    ]);
+    let addrs: Vec<_> = s.gateways.iter().map(|g| g.addr).collect();
+    let lb = Haproxy::start(&addrs).expect("haproxy (scripts/test-all.sh installs it)");
+    let load = producers(lb.addr, &s.pki, 4, 60);
+    std::thread::sleep(Duration::from_millis(1000));
+    s.nats.kill(2);
+    std::thread::sleep(Duration::from_millis(2500));
+    s.nats.restart(2);
+    let outcomes: Vec<Outcome> = load
+        .into_iter()
+        .flat_map(|t| t.join().expect("producer"))
+        .collect();
+    // Ingest kept answering: most events needed no retry at all.
+    let first_try = outcomes.iter().filter(|o| o.attempts == 1).count();
+    assert!(first_try > 0);
+    count(&s, 0, &outcomes, "queue node SIGKILL and restart");
+}
+
+#[test]
+fn an_unreachable_bucket_fails_closed_and_recovers_without_restart() {
+    // A skew window that outlasts the cluster's recovery, so the retry is still fresh.
+    let mut s = site(&[(
+        0,
+        "gw-a",
+        "retry_after_seconds = 2\nallowed_clock_skew_seconds = 300\nidempotent_retry = true",
+    )]);
+    let a = &s.gateways[0];
+    let p = s.pki.producer();
+    let before = valid();
+    let r = send_once(a.addr, &p, &request(&p, &before)).unwrap();
+    assert_eq!(r.status, 202);
+
+    // Two of three nodes gone: no quorum, the bucket cannot answer.
+    s.nats.kill(1);
+    s.nats.kill(2);
+    let v = valid();
+    let req = request(&p, &v);
+    let r = send_once(a.addr, &p, &req).unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r)["detail"], "Nonce store unavailable");
+    assert_eq!(r.header("retry-after"), Some("2"));
+    let audit = a.audit_for(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(audit["details"]["sub_reason"], "nonce_bucket_unavailable");
+    wait_for(20, "readiness names the nonce store", || {
+        let r = a.ops_get("/readyz");
+        r.status == 503 && String::from_utf8_lossy(&r.body).contains("nonce_store_unavailable")
+    });
+    // Never accepted on local knowledge alone.
+    let r = send_once(a.addr, &p, &request(&p, &valid())).unwrap();
+    assert_eq!(r.status, 503);
+
+    s.nats.restart(1);
+    s.nats.restart(2);
+    wait_for(60, "ready again", || a.ops_get("/readyz").status == 200);
+    // The producer's retry of the same bytes is accepted, once.
+    let mut status = 0;
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let r = send_once(a.addr, &p, &req);
+        status = r.as_ref().map_or(0, |r| r.status);
+        last = r
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_default();
+        if status == 202 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status, 202, "{last}\n{}", a.log_text());
+    // Settled by the request or by the settler first: 202 either way with idempotent retry.
+    let r = send_once(a.addr, &p, &req).unwrap();
+    assert_eq!(r.status, 202, "a second retry is a re-send");
+    assert_eq!(r.header("x-idempotent-replay"), Some("true"));
+    wait_for(30, "events in the stream", || {
+        let m = ingest_by_nonce(&s, 0);
+        m.get(&before.nonce) == Some(&1) && m.get(&v.nonce) == Some(&1)
+    });
+    // The other request answered 503 may have been settled as accepted (its create may have
+    // landed); nothing is in the stream twice.
+    let m = ingest_by_nonce(&s, 0);
+    assert!(m.len() <= 3 && m.values().all(|&c| c == 1), "{m:?}");
+}
