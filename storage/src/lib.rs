@@ -9,7 +9,7 @@
 //! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
-//! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
+//! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`], [`KillSwitch`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
 //! B-tree and expiry is one range delete (random keys cost ten times more per insert).
@@ -32,8 +32,8 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, AuditRetention, EnvelopeKind, NonceRecord, Route, SpoolItem, SpoolSegment,
-    SpoolStats,
+    AuditHead, AuditRetention, EnvelopeKind, KillSwitch, NonceRecord, Route, SpoolItem,
+    SpoolSegment, SpoolStats,
 };
 
 /// The on-disk format this build reads and writes.
@@ -56,6 +56,7 @@ const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
 const META_SPOOL_STATS: &str = "spool_stats";
 const META_AUDIT_RETENTION: &str = "audit_retention";
+const META_KILL_SWITCH: &str = "kill_switch";
 
 /// A storage failure. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -514,6 +515,13 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
+    /// Record the kill switch state (durable with this transaction, like its audit entry).
+    pub fn kill_switch_set(&mut self, state: &KillSwitch) -> Result<(), StorageError> {
+        records::encode(state, &mut self.buf).map_err(|e| corrupt("kill switch", e))?;
+        self.meta.insert(META_KILL_SWITCH, self.buf.as_slice())?;
+        Ok(())
+    }
+
     fn flush_meta(&mut self) -> Result<(), StorageError> {
         if self.audit_head != self.start_head {
             records::encode(&self.audit_head, &mut self.buf)
@@ -539,6 +547,12 @@ impl Reader {
     pub fn audit_head(&self) -> Result<AuditHead, StorageError> {
         let meta = self.txn.open_table(META)?;
         read_meta(&meta, META_AUDIT_HEAD, "audit head")
+    }
+
+    /// The kill switch state ([`KillSwitch::Armed`] when never engaged).
+    pub fn kill_switch(&self) -> Result<KillSwitch, StorageError> {
+        let meta = self.txn.open_table(META)?;
+        read_meta(&meta, META_KILL_SWITCH, "kill switch")
     }
 
     /// The spool's occupancy.

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 mod bench_audit;
 pub mod keys;
+pub mod operate;
 pub mod send;
 pub mod spool;
 

@@ -12,6 +12,7 @@ pub enum Rejection {
     HeaderTooLarge,
     NotFound,
     MethodNotAllowed,
+    KillSwitchEngaged,
     // Media, size (M1–M3); telemetry wording.
     UnsupportedMediaType,
     EmptyBody,
@@ -67,6 +68,7 @@ impl Rejection {
             HeaderTooLarge => 431,
             NotFound => 404,
             MethodNotAllowed => 405,
+            KillSwitchEngaged => 403,
             UnsupportedMediaType => 415,
             EmptyBody => 422,
             BodyTooLarge => 413,
@@ -114,6 +116,7 @@ impl Rejection {
             HeaderTooLarge => "Request header fields too large",
             NotFound => "Not Found",
             MethodNotAllowed => "Method Not Allowed",
+            KillSwitchEngaged => "Gateway kill switch engaged",
             UnsupportedMediaType => "Telemetry endpoint only accepts application/json",
             EmptyBody => "Telemetry payload is required",
             BodyTooLarge if default_body_limit => "Telemetry payload exceeds 1MiB limit",
@@ -173,6 +176,7 @@ impl Rejection {
             | HeaderTooLarge
             | NotFound
             | MethodNotAllowed
+            | KillSwitchEngaged
             | UnsupportedMediaType
             | EmptyBody
             | BodyTooLarge
@@ -216,6 +220,7 @@ impl Rejection {
                 | HeaderTooLarge
                 | NotFound
                 | MethodNotAllowed
+                | KillSwitchEngaged
         )
     }
 
@@ -224,7 +229,12 @@ impl Rejection {
         use Rejection::*;
         matches!(
             self,
-            MalformedHttp | RequestTimeout | LengthRequired | HeaderTooLarge | BodyTooLarge
+            MalformedHttp
+                | RequestTimeout
+                | LengthRequired
+                | HeaderTooLarge
+                | BodyTooLarge
+                | KillSwitchEngaged
         )
     }
 
@@ -244,7 +254,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 42] = {
+    pub const ALL: [Rejection; 43] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -253,6 +263,7 @@ impl Rejection {
             HeaderTooLarge,
             NotFound,
             MethodNotAllowed,
+            KillSwitchEngaged,
             UnsupportedMediaType,
             EmptyBody,
             BodyTooLarge,
