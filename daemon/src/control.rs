@@ -16,7 +16,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use smol::io::BufReader;
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::LocalExecutor;
@@ -103,6 +103,18 @@ pub async fn serve(
         if !ok {
             let mut s = stream;
             ex.spawn(async move {
+                // Take the request line first (unread input would turn the close into a reset
+                // and the client would not see the answer); it is not looked at.
+                let mut discard = zeroize::Zeroizing::new(Vec::new());
+                let mut reader = BufReader::new(s.clone()).take(MAX_REQUEST as u64);
+                let _ = futures_lite::future::or(
+                    async { reader.read_until(b'\n', &mut discard).await.map(|_| ()) },
+                    async {
+                        smol::Timer::after(std::time::Duration::from_secs(2)).await;
+                        Ok(())
+                    },
+                )
+                .await;
                 killswitch::refused(&gw, &caller, "connect", "peer not allowed", &[]).await;
                 let _ = s.write_all(b"{\"error\":\"not allowed\"}\n").await;
             })
