@@ -189,6 +189,7 @@ fn connection_closing_answers() {
             &RequestTimeout,
             &LengthRequired,
             &HeaderTooLarge,
+            &KillSwitchEngaged,
             &BodyTooLarge
         ]
     );
