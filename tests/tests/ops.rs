@@ -537,13 +537,28 @@ fn reload_refuses_bad_files_and_applies_pins_and_crls_to_open_connections() {
         202
     );
 
+    // Removing the producer's key rejects its signatures from the next request on, on a
+    // connection opened before the reload.
+    let mut conn = g.connect();
+    assert_eq!(conn.send(&request(&p, &valid())).unwrap().status, 202);
+    edit_config(
+        &g,
+        &g.pki.producer_public_b64,
+        "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+    );
+    let (code, _, err) = reload(&g);
+    assert_eq!(code, 0, "{err}");
+    let r = conn.send(&request(&p, &valid())).unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(json(&r)["detail"], "Invalid telemetry signature");
+
     let reloaded = events(&g, "config.reloaded");
-    assert_eq!(reloaded.len(), 4);
+    assert_eq!(reloaded.len(), 5);
     let rejected = events(&g, "config.reload_rejected");
     assert_eq!(rejected.len(), 4);
     let metrics = g.ops_get("/metrics").body_text();
     assert!(
-        metrics.contains("\nvvgate_config_reloads_total 4\n"),
+        metrics.contains("\nvvgate_config_reloads_total 5\n"),
         "{metrics}"
     );
     assert!(
