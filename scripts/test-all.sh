@@ -13,10 +13,13 @@ echo "== installing test dependencies (apt)"
 $SUDO apt-get update
 # nats-server (queue tests), softhsm2 + opensc (PKCS#11 tests: pkcs11-tool makes weak keys,
 # opensc-pkcs11's pkcs11-spy counts the gateway's logins), curl/openssl/python3 (independent
-# TLS clients in the end-to-end tests), haproxy (the L4 balancer of the scale-out tests).
+# TLS clients in the end-to-end tests), haproxy (the L4 balancer of the scale-out tests),
+# python3-cryptography (the producer-side feedback verifier), systemd (systemd-analyze
+# security for the unit hardening test), util-linux (setpriv runs a control client as
+# another user).
 $SUDO apt-get install -y --no-install-recommends \
   ca-certificates curl openssl python3 nats-server softhsm2 opensc opensc-pkcs11 \
-  golang-go golang-golang-x-mod-dev haproxy python3-cryptography
+  golang-go golang-golang-x-mod-dev haproxy python3-cryptography systemd util-linux
 
 echo "== format and lints"
 cargo fmt --all -- --check

@@ -84,6 +84,8 @@ pub enum Action {
     /// entry is appended only when `audited` (settlement without a request; a request
     /// writes its own refusal).
     Release { key: [u8; 24], audited: bool },
+    /// Engage or re-arm the kill switch; the record's `audit_index` is set to this entry's.
+    SetKillSwitch(vvgate_storage::KillSwitch),
 }
 
 /// The audit entry of a decision.
@@ -140,6 +142,8 @@ pub struct Shared {
     pub checkpoint_size: AtomicU64,
     pub checkpoints_signed: AtomicU64,
     pub checkpoint_failures: AtomicU64,
+    /// When this process last signed a checkpoint (or started), Unix microseconds.
+    pub checkpoint_at_us: AtomicU64,
     /// Set when the stored audit log contradicts itself or its checkpoints; never cleared
     /// while running (readiness `audit_log_corrupt`).
     pub audit_corrupt: AtomicBool,
@@ -335,6 +339,9 @@ pub fn start(
         }
     }
     shared.healthy.store(true, Ordering::Relaxed);
+    shared
+        .checkpoint_at_us
+        .store(clock.now().0, Ordering::Relaxed);
     let thread_shared = Arc::clone(&shared);
     let handle = std::thread::Builder::new()
         .name("vvgate-storage".into())
@@ -611,6 +618,7 @@ impl StorageThread {
                 s.spool_next_seq.store(spool.next_seq, Ordering::Relaxed);
                 s.checkpoint_size.store(size, Ordering::Relaxed);
                 s.checkpoints_signed.fetch_add(1, Ordering::Relaxed);
+                s.checkpoint_at_us.store(now.0, Ordering::Relaxed);
                 s.spooled.notify(usize::MAX);
                 tracing::debug!(size, "audit checkpoint signed");
                 Ok(size)
@@ -869,6 +877,7 @@ impl StorageThread {
         now: crate::time::Micros,
         op: &mut Op,
     ) -> Result<Outcome, StorageError> {
+        let mut kill_switch = None;
         let outcome = match std::mem::replace(&mut op.action, Action::AuditOnly) {
             Action::AuditOnly => None,
             Action::Claim { key, claim } => {
@@ -895,6 +904,10 @@ impl StorageThread {
                 if !audited {
                     return Ok(Outcome::Committed { audit_index: 0 });
                 }
+                None
+            }
+            Action::SetKillSwitch(k) => {
+                kill_switch = Some(k);
                 None
             }
             Action::Accept {
@@ -967,6 +980,12 @@ impl StorageThread {
                     op.audit.event_type,
                     &op.audit.details,
                 )?;
+                if let Some(mut k) = kill_switch {
+                    if let vvgate_storage::KillSwitch::V1 { audit_index, .. } = &mut k {
+                        *audit_index = index;
+                    }
+                    b.kill_switch_set(&k)?;
+                }
                 Ok(Outcome::Committed { audit_index: index })
             }
             Some((outcome, status, detail, sub_reason)) => {

@@ -4,7 +4,10 @@
 //! Commands: `{"cmd":"status"}`, `{"cmd":"spool_tail","limit":N}`,
 //! `{"cmd":"audit_export","from":N}`, `{"cmd":"audit_checkpoints","from":N}`,
 //! `{"cmd":"audit_checkpoint","now":B}`, `{"cmd":"audit_prove","index":N,"size":M}`,
-//! `{"cmd":"audit_consistency","from":N,"to":M}`, `{"cmd":"audit_cosign","note":"…"}`.
+//! `{"cmd":"audit_consistency","from":N,"to":M}`, `{"cmd":"audit_cosign","note":"…"}`,
+//! `{"cmd":"kill","reason":"…"}`, `{"cmd":"rearm","officers":[{"name":"…","secret":"…"},…]}`,
+//! `{"cmd":"reload"}`. `"via":"console"` marks requests from the serial console shell.
+//! A peer that is not allowed is refused and audited (`control.refused`).
 //! Reads run in bounded chunks on the event loop; writes go through the storage thread.
 //! Also here: `sd_notify` for systemd.
 
@@ -13,7 +16,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use smol::io::BufReader;
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::LocalExecutor;
@@ -21,6 +24,8 @@ use smol::LocalExecutor;
 use crate::config::ControlConfig;
 use crate::gateway::Gateway;
 use crate::json::{Cjson, Doc, Kind, Tape};
+use crate::killswitch::{self, Caller, OfficerClaim};
+use crate::reload::Reloader;
 
 /// Bind the control socket, replacing a stale socket file but never a live one.
 pub async fn bind(cfg: &ControlConfig) -> std::io::Result<(UnixListener, ControlConfig)> {
@@ -55,16 +60,29 @@ pub fn unbind(cfg: &ControlConfig) {
     let _ = std::fs::remove_file(&cfg.socket_path);
 }
 
-fn allowed(stream: &UnixStream, cfg: &ControlConfig) -> bool {
+/// The peer's credentials (`SO_PEERCRED`) and whether they may use the socket: root, the
+/// gateway's own user, `allowed_uid`, or a member of `allowed_gid` (primary group).
+fn peer(stream: &UnixStream, cfg: &ControlConfig) -> (Caller, bool) {
     let Ok(cred) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
     else {
-        return false;
+        let unknown = Caller {
+            via: "socket",
+            uid: u32::MAX,
+            pid: 0,
+        };
+        return (unknown, false);
     };
     let me = nix::unistd::geteuid().as_raw();
-    cred.uid() == 0
+    let ok = cred.uid() == 0
         || cred.uid() == me
         || cfg.allowed_uid == Some(cred.uid())
-        || cfg.allowed_gid == Some(cred.gid())
+        || cfg.allowed_gid == Some(cred.gid());
+    let caller = Caller {
+        via: "socket",
+        uid: cred.uid(),
+        pid: cred.pid(),
+    };
+    (caller, ok)
 }
 
 /// Accept operator connections.
@@ -72,6 +90,7 @@ pub async fn serve(
     gw: Rc<Gateway>,
     ex: Rc<LocalExecutor<'static>>,
     bound: (UnixListener, ControlConfig),
+    reloader: Rc<Reloader>,
 ) {
     let (listener, cfg) = bound;
     loop {
@@ -79,18 +98,32 @@ pub async fn serve(
             smol::Timer::after(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        if !allowed(&stream, &cfg) {
-            tracing::warn!("control connection refused: peer not allowed");
+        let (caller, ok) = peer(&stream, &cfg);
+        let gw = Rc::clone(&gw);
+        if !ok {
             let mut s = stream;
             ex.spawn(async move {
+                // Take the request line first (unread input would turn the close into a reset
+                // and the client would not see the answer); it is not looked at.
+                let mut discard = zeroize::Zeroizing::new(Vec::new());
+                let mut reader = BufReader::new(s.clone()).take(MAX_REQUEST as u64);
+                let _ = futures_lite::future::or(
+                    async { reader.read_until(b'\n', &mut discard).await.map(|_| ()) },
+                    async {
+                        smol::Timer::after(std::time::Duration::from_secs(2)).await;
+                        Ok(())
+                    },
+                )
+                .await;
+                killswitch::refused(&gw, &caller, "connect", "peer not allowed", &[]).await;
                 let _ = s.write_all(b"{\"error\":\"not allowed\"}\n").await;
             })
             .detach();
             continue;
         }
-        let gw = Rc::clone(&gw);
+        let reloader = Rc::clone(&reloader);
         ex.spawn(async move {
-            if let Err(e) = handle(&gw, stream).await {
+            if let Err(e) = handle(&gw, &reloader, caller, stream).await {
                 tracing::warn!(error = %e, "control connection failed");
             }
         })
@@ -109,9 +142,15 @@ fn answer(r: Result<serde_json::Value, String>) -> Vec<u8> {
     out
 }
 
-async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
+async fn handle(
+    gw: &Gateway,
+    reloader: &Reloader,
+    mut caller: Caller,
+    stream: UnixStream,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.clone());
-    let mut line = String::new();
+    // May carry officer secrets: wiped when dropped.
+    let mut line = zeroize::Zeroizing::new(String::new());
     let read = futures_lite::future::or(
         async { reader.read_line(&mut line).await.map(Some) },
         async {
@@ -137,6 +176,17 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
         .filter(|&i| doc.kind(i) == Kind::Str)
         .map(|i| doc.str(i).into_owned())
         .unwrap_or_default();
+    if doc
+        .get(Doc::ROOT, "via")
+        .is_some_and(|i| doc.str_eq(i, "console"))
+    {
+        caller.via = "console";
+    }
+    let text = |name: &str| {
+        doc.get(Doc::ROOT, name)
+            .filter(|&i| doc.kind(i) == Kind::Str)
+            .map(|i| doc.str(i).into_owned())
+    };
     let num = |name: &str, default: u64| {
         doc.get(Doc::ROOT, name)
             .and_then(|i| doc.as_i64(i))
@@ -222,6 +272,48 @@ async fn handle(gw: &Gateway, stream: UnixStream) -> std::io::Result<()> {
             };
             out.write_all(&answer(r)).await
         }
+        "kill" => {
+            let reason = text("reason").unwrap_or_default();
+            let r = killswitch::kill(gw, &caller, &reason)
+                .await
+                .map(|index| serde_json::json!({ "kill_switch": "engaged", "audit_index": index }));
+            out.write_all(&answer(r)).await
+        }
+        "rearm" => {
+            let mut claims = Vec::new();
+            if let Some(arr) = doc
+                .get(Doc::ROOT, "officers")
+                .filter(|&i| doc.kind(i) == Kind::Arr)
+            {
+                for o in doc.elements(arr).take(4) {
+                    let field = |k: &str| {
+                        doc.get(o, k)
+                            .filter(|&i| doc.kind(i) == Kind::Str)
+                            .map(|i| zeroize::Zeroizing::new(doc.str(i).into_owned()))
+                            .unwrap_or_default()
+                    };
+                    claims.push(OfficerClaim {
+                        name: field("name").to_string(),
+                        secret: field("secret"),
+                    });
+                }
+            }
+            let r = killswitch::rearm(gw, &caller, &claims)
+                .await
+                .map(|index| serde_json::json!({ "kill_switch": "armed", "audit_index": index }));
+            out.write_all(&answer(r)).await
+        }
+        "reload" => {
+            let by = format!("{} uid={}", caller.via, caller.uid);
+            let r = crate::reload::reload(gw, reloader, &by).await.map(|done| {
+                serde_json::json!({
+                    "reloaded": true,
+                    "closed_connections": done.closed_connections,
+                    "restart_required": done.restart_required,
+                })
+            });
+            out.write_all(&answer(r)).await
+        }
         "keys_transcript" => {
             let r = crate::keys::append_via_gateway(gw, line.trim_end()).await;
             out.write_all(&answer(r)).await
@@ -251,7 +343,12 @@ fn status(gw: &Gateway, buf: &mut Vec<u8>) {
         .u64(s.audit_index.load(Ordering::Relaxed))
         .key("connections")
         .u64(u64::try_from(gw.connections.get()).unwrap_or(0))
-        .key("forward")
+        .key("crl_next_update");
+    match gw.tls().and_then(|t| t.crl_next_update) {
+        Some(n) => w.u64(n),
+        None => w.null(),
+    };
+    w.key("forward")
         .begin_obj()
         .key("acked")
         .u64(gw.forward.acked.get())
@@ -266,6 +363,8 @@ fn status(gw: &Gateway, buf: &mut Vec<u8>) {
         .key("published")
         .u64(gw.forward.published.get())
         .end_obj()
+        .key("kill_switch")
+        .str(if gw.killed.get() { "engaged" } else { "armed" })
         .key("pid")
         .u64(u64::from(std::process::id()))
         .key("ready")
@@ -405,6 +504,41 @@ async fn audit_export(gw: &Gateway, out: &mut UnixStream, from: u64) -> std::io:
         }
         out.write_all(&buf).await?;
         smol::future::yield_now().await;
+    }
+}
+
+/// Tell systemd a reload starts (`RELOADING=1` with the monotonic time systemd asks for).
+pub fn sd_notify_reloading() {
+    let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000
+        })
+        .unwrap_or(0);
+    sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`, for this process).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Ping the systemd watchdog at half its interval from the event loop: a loop that stops
+/// turning (a blocking call, a livelock) stops the pings and systemd restarts the gateway.
+/// Storage trouble is not a reason to restart (readiness reports it), so it does not stop them.
+pub async fn watchdog(every: std::time::Duration) {
+    loop {
+        smol::Timer::after(every / 2).await;
+        sd_notify("WATCHDOG=1");
     }
 }
 

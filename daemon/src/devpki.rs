@@ -45,6 +45,8 @@ pub enum DevPkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("key generation failed")]
     Random,
+    #[error("CRL generation failed: {0}")]
+    Crl(String),
 }
 
 /// What a dev PKI holds, for printing and for the dev configuration.
@@ -166,6 +168,40 @@ impl DevCa {
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         csr.params.serial_number = Some(rcgen::SerialNumber::from_slice(&random::<16>()?));
         Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
+    /// A CRL (PEM) revoking the certificates `revoked` (DER), valid from `this_update` until
+    /// `next_update` (Unix seconds).
+    pub fn crl(
+        &self,
+        revoked: &[&[u8]],
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<String, DevPkiError> {
+        let at = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|e| DevPkiError::Crl(e.to_string()))
+        };
+        let mut revoked_certs = Vec::new();
+        for der in revoked {
+            let (_, cert) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| DevPkiError::Crl(format!("not a certificate: {e}")))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: at(this_update)?,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(this_update)?,
+            next_update: at(next_update)?,
+            crl_number: rcgen::SerialNumber::from_slice(&this_update.to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// Issue a client certificate into `dir/<name>.pem` and `<name>.key`; returns its pin.

@@ -76,7 +76,7 @@ pub async fn verify(
 ) -> Response {
     let ctx = Ctx::new(gw, head, buf, Some(Route::FederationVerify));
     let body = span.get(buf);
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let now = gw.clock.now().secs();
 
     if let Err(r) = checks::identity(head, buf, conn.fingerprint, &cfg.identities) {

@@ -78,7 +78,7 @@ fn signed_request<'b>(
     body: &[u8],
     now: u64,
 ) -> Result<Verified<'b>, Rejection> {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     checks::identity(head, buf, conn.fingerprint, &cfg.identities)?;
     let (mut signed, sig) = checks::signed_headers(head, buf, now, cfg.allowed_clock_skew_seconds)?;
     checks::verify_signature(&mut signed, sig, body, &cfg.producer_keys, now, &mut st.msg)?;
@@ -117,7 +117,7 @@ fn body_matches_headers(
 
 /// The operator is mapped, to exactly this tenant (§3.1 steps 24–25).
 fn operator_owns_tenant(gw: &Gateway, operator_id: &str, tenant_id: &str) -> Result<(), Rejection> {
-    match gw.cfg.operator_tenant_map.get(operator_id) {
+    match gw.cfg().operator_tenant_map.get(operator_id) {
         None => Err(Rejection::OperatorNotMapped),
         Some(t) if t != tenant_id => Err(Rejection::TenantMappingViolation),
         Some(_) => Ok(()),
@@ -201,7 +201,7 @@ pub async fn execution_graph(
             },
             tenant_id,
             graph,
-            retention: u64::try_from(gw.cfg.graph.retention_per_tenant).unwrap_or(u64::MAX),
+            retention: u64::try_from(gw.cfg().graph.retention_per_tenant).unwrap_or(u64::MAX),
         },
         audit: AuditItem {
             actor: ACTOR_GATEWAY,
@@ -232,7 +232,7 @@ fn check_graph(
     ctx: &Ctx<'_>,
     now: u64,
 ) -> Result<(String, GraphRecord, Vec<u8>), ingest::Refusal> {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let doc: Doc<'_> = tape.parse(body).map_err(|_| Rejection::InvalidJson)?;
     let g = parse_execution_graph(&doc).map_err(|e| {
         tracing::debug!(violation = ?e, "execution graph refused");

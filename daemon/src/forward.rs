@@ -315,7 +315,7 @@ async fn after_connect(
     conn: &mut Connection,
 ) -> Result<(), NatsError> {
     check_anchor(gw, setup, conn).await?;
-    if let Some(subject) = &gw.cfg.audit.cosignature_subject {
+    if let Some(subject) = &gw.cfg().audit.cosignature_subject {
         conn.subscribe(subject).await?;
     }
     Ok(())
@@ -332,7 +332,7 @@ async fn check_anchor(
     use crate::audit::checkpoint::{self, Keys, VerifierKey};
     use base64::Engine as _;
     let api = format!("$JS.API.STREAM.MSG.GET.{}", setup.spec.name);
-    let body = serde_json::json!({ "last_by_subj": gw.cfg.audit.checkpoint_subject }).to_string();
+    let body = serde_json::json!({ "last_by_subj": gw.cfg().audit.checkpoint_subject }).to_string();
     let r = conn.request(&api, body.as_bytes(), ACK_TIMEOUT).await?;
     let v: serde_json::Value = serde_json::from_slice(&r.payload)
         .map_err(|e| NatsError::Protocol(format!("stream message get reply: {e}")))?;
@@ -503,7 +503,7 @@ async fn session(
     released_below: &mut u64,
     pending_releases: &mut VecDeque<u64>,
 ) -> Result<(), NatsError> {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let window = setup.window.max(1);
     let max_payload = conn.info.max_payload;
     let mut queue: VecDeque<Segment> = VecDeque::new();
@@ -554,7 +554,7 @@ async fn session(
                     if !hash.is_empty() {
                         let _ = headers.push(("Vv-Integrity-Hash", hash));
                     }
-                    conn.queue_hpub(subject(cfg, item.kind), id, &headers, body);
+                    conn.queue_hpub(subject(&cfg, item.kind), id, &headers, body);
                     inflight.insert(id, seg.seq);
                 }
                 seg.published += 1;

@@ -3,7 +3,7 @@
 //! the storage thread commits; nothing here blocks.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
+use rustls::pki_types::CertificateDer;
 use smol::net::{TcpListener, TcpStream};
 use smol::{LocalExecutor, Timer};
 use vvgate_storage::{NonceRecord, Route, Store};
@@ -40,9 +41,21 @@ const METRICS: &[u8] = b"/metrics";
 /// `keystore_unavailable`).
 pub type KeystoreProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// The producer listener's TLS state: swapped as a whole by a reload; a connection keeps the
+/// configuration it was accepted with.
+#[derive(Clone)]
+pub struct TlsState {
+    pub acceptor: TlsAcceptor,
+    /// The client certificate verifier (CA, CRLs, pins), to re-check open connections.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The earliest `nextUpdate` of the configured CRLs, Unix seconds.
+    pub crl_next_update: Option<u64>,
+}
+
 /// State shared by every task on the event loop.
 pub struct Gateway {
-    pub cfg: Rc<Config>,
+    /// The running configuration; [`Gateway::cfg`] hands out a snapshot, a reload swaps it.
+    cfg: RefCell<Rc<Config>>,
     pub clock: Clock,
     pub store: Arc<Store>,
     pub committer: Committer,
@@ -58,12 +71,21 @@ pub struct Gateway {
     pub connections: Cell<usize>,
     next_conn_id: Cell<u64>,
     pub draining: Cell<bool>,
-    /// Wakes idle connections when `draining` is set.
+    /// The kill switch: every producer request is refused (403) and no handshake is accepted.
+    pub killed: Cell<bool>,
+    /// Counts engagements, so a re-arm that raced a new kill leaves the switch engaged.
+    pub kill_generation: Cell<u64>,
+    tls: RefCell<Option<TlsState>>,
+    /// The client certificate chain of each open producer connection, by connection id.
+    peer_chains: RefCell<HashMap<u64, Vec<CertificateDer<'static>>>>,
+    /// Open connections whose certificate a reload revoked or unpinned: closed at once.
+    revoked: RefCell<HashSet<u64>>,
+    /// Wakes idle connections when `draining`, `killed` or `revoked` changes.
     pub closing: event_listener::Event,
     /// Refused handshakes not yet written to the audit log, by reason.
     tls_rejects: RefCell<BTreeMap<&'static str, u64>>,
-    default_body_limit: bool,
-    limits: ConnLimits,
+    default_body_limit: Cell<bool>,
+    limits: RefCell<ConnLimits>,
     /// The audit log's verifier key (`origin+id+key`), for operators and verifiers.
     pub audit_vkey: String,
     keystore_ready: Option<KeystoreProbe>,
@@ -83,20 +105,13 @@ impl Gateway {
         audit_vkey: String,
         keystore_ready: Option<KeystoreProbe>,
     ) -> Self {
-        let limits = ConnLimits {
-            max_header_bytes: cfg.limits.max_header_bytes,
-            max_body_bytes: cfg.limits.max_body_bytes,
-            header_read_timeout: cfg.limits.header_read_timeout,
-            body_read_timeout: cfg.limits.body_read_timeout,
-            idle_timeout: cfg.limits.idle_timeout,
-        };
         Self {
             audit_vkey,
             keystore_ready,
             feedback_key: None,
-            default_body_limit: cfg.limits.max_body_bytes == 1_048_576,
-            limits,
-            cfg,
+            default_body_limit: Cell::new(cfg.limits.max_body_bytes == 1_048_576),
+            limits: RefCell::new(conn_limits(&cfg)),
+            cfg: RefCell::new(cfg),
             clock,
             store,
             committer,
@@ -110,10 +125,70 @@ impl Gateway {
             connections: Cell::new(0),
             next_conn_id: Cell::new(1),
             draining: Cell::new(false),
+            killed: Cell::new(false),
+            kill_generation: Cell::new(0),
+            tls: RefCell::new(None),
+            peer_chains: RefCell::default(),
+            revoked: RefCell::default(),
             closing: event_listener::Event::new(),
             tls_rejects: RefCell::default(),
             cluster: None,
         }
+    }
+
+    /// The running configuration. A request keeps the snapshot it started with.
+    pub fn cfg(&self) -> Rc<Config> {
+        Rc::clone(&self.cfg.borrow())
+    }
+
+    /// Install a validated configuration (reload). Connection limits apply to requests read
+    /// from now on.
+    pub fn swap_config(&self, cfg: Rc<Config>) {
+        self.default_body_limit
+            .set(cfg.limits.max_body_bytes == 1_048_576);
+        *self.limits.borrow_mut() = conn_limits(&cfg);
+        *self.cfg.borrow_mut() = cfg;
+    }
+
+    /// The TLS state new handshakes use.
+    pub fn tls(&self) -> Option<TlsState> {
+        self.tls.borrow().clone()
+    }
+
+    /// Install a new TLS state and close the open connections whose certificate it no longer
+    /// accepts (a removed pin, a revoked certificate). Returns how many were closed.
+    pub fn swap_tls(&self, tls: TlsState) -> usize {
+        let now = rustls::pki_types::UnixTime::now();
+        let mut closed = 0;
+        for (id, chain) in self.peer_chains.borrow().iter() {
+            let Some((leaf, rest)) = chain.split_first() else {
+                continue;
+            };
+            if tls.verifier.verify_client_cert(leaf, rest, now).is_err()
+                && self.revoked.borrow_mut().insert(*id)
+            {
+                closed += 1;
+            }
+        }
+        *self.tls.borrow_mut() = Some(tls);
+        if closed > 0 {
+            self.closing.notify(usize::MAX);
+        }
+        closed
+    }
+
+    /// Engage the kill switch in memory: refuse every producer request from now on and close
+    /// every producer connection. Persisting it is [`crate::killswitch`]'s job.
+    pub fn engage_kill(&self) {
+        self.killed.set(true);
+        self.kill_generation.set(self.kill_generation.get() + 1);
+        self.closing.notify(usize::MAX);
+    }
+
+    /// Whether the configured CRLs are past their `nextUpdate` (readiness `crl_unavailable`).
+    pub fn crl_expired(&self) -> bool {
+        let next = self.tls.borrow().as_ref().and_then(|t| t.crl_next_update);
+        next.is_some_and(|n| self.clock.now().secs() >= n)
     }
 
     pub fn new_request_id(&self) -> [u8; 16] {
@@ -124,8 +199,9 @@ impl Gateway {
     pub fn spool_has_room(&self, bytes: u64) -> bool {
         let s = &self.committer.shared;
         let (pending_n, pending_b) = self.pending_spool.get();
-        s.spool_count.load(Ordering::Relaxed) + pending_n < self.cfg.spool_max_events
-            && s.spool_bytes.load(Ordering::Relaxed) + pending_b + bytes <= self.cfg.spool_max_bytes
+        let cfg = self.cfg.borrow();
+        s.spool_count.load(Ordering::Relaxed) + pending_n < cfg.spool_max_events
+            && s.spool_bytes.load(Ordering::Relaxed) + pending_b + bytes <= cfg.spool_max_bytes
     }
 
     pub fn reserve_spool(&self, bytes: u64) {
@@ -152,7 +228,7 @@ impl Gateway {
         }
         let mut details = Vec::with_capacity(256);
         let status = i64::from(f.rejection.status());
-        let detail = f.rejection.reason(self.default_body_limit);
+        let detail = f.rejection.reason(self.default_body_limit.get());
         let original = f.original.map(|o| ids::uuid_text(&o));
         let mut fields = heapless::Vec::<(&str, Detail<'_>), 8>::new();
         let _ = fields.extend_from_slice(&[
@@ -208,15 +284,15 @@ impl Gateway {
         let r = f.rejection;
         out.clear();
         let original = f.original.map(|o| ids::uuid_text(&o));
-        ingest::refusal_body(out, r.reason(self.default_body_limit), original.as_ref());
-        self.metrics
-            .count(r.status(), r.reason(self.default_body_limit));
+        let reason = r.reason(self.default_body_limit.get());
+        ingest::refusal_body(out, reason, original.as_ref());
+        self.metrics.count(r.status(), reason);
         let mut resp = Response::new(r.status());
         resp.request_id = Some(ctx.request_id_text.clone());
         resp.close = r.closes_connection();
         resp.retry_after = match f.retry_after {
             Some(s) => Some(s),
-            None if r.status() == 503 => Some(self.cfg.retry_after_seconds),
+            None if r.status() == 503 => Some(self.cfg.borrow().retry_after_seconds),
             None => None,
         };
         if r == Rejection::MethodNotAllowed {
@@ -243,7 +319,7 @@ impl Gateway {
         if !identical {
             return self.refuse(ctx, Rejection::NonceReused.into(), out).await;
         }
-        if !self.cfg.idempotent_retry {
+        if !self.cfg.borrow().idempotent_retry {
             let f = Refusal {
                 original: Some(original),
                 ..Rejection::NonceReused.into()
@@ -300,13 +376,23 @@ impl Gateway {
         if self.keystore_ready.as_ref().is_some_and(|ready| !ready()) {
             let _ = reasons.push("keystore_unavailable");
         }
-        if s.spool_count.load(Ordering::Relaxed) >= self.cfg.spool_max_events
-            || s.spool_bytes.load(Ordering::Relaxed) >= self.cfg.spool_max_bytes
+        let (max_events, max_bytes) = {
+            let cfg = self.cfg.borrow();
+            (cfg.spool_max_events, cfg.spool_max_bytes)
+        };
+        if s.spool_count.load(Ordering::Relaxed) >= max_events
+            || s.spool_bytes.load(Ordering::Relaxed) >= max_bytes
         {
             let _ = reasons.push("spool_full");
         }
         if self.cluster.as_ref().is_some_and(|b| !b.ready()) {
             let _ = reasons.push("nonce_store_unavailable");
+        }
+        if self.crl_expired() {
+            let _ = reasons.push("crl_unavailable");
+        }
+        if self.killed.get() {
+            let _ = reasons.push("kill_switch_engaged");
         }
         if self.draining.get() {
             let _ = reasons.push("draining");
@@ -434,6 +520,30 @@ impl Gateway {
                 "Age of the oldest envelope not yet acknowledged by the queue.",
                 self.spool_lag_secs(),
             ),
+            (
+                "vvgate_kill_switch_engaged",
+                "1 while the kill switch refuses all producer traffic.",
+                u64::from(self.killed.get()),
+            ),
+            (
+                "vvgate_audit_checkpoint_age_seconds",
+                "Seconds since this process last signed an audit checkpoint (or started).",
+                self.clock
+                    .now()
+                    .0
+                    .saturating_sub(s.checkpoint_at_us.load(Ordering::Relaxed))
+                    / 1_000_000,
+            ),
+            (
+                "vvgate_crl_next_update_seconds",
+                "Earliest nextUpdate of the configured CRLs, Unix seconds (0: no CRL).",
+                self.tls().and_then(|t| t.crl_next_update).unwrap_or(0),
+            ),
+            (
+                "vvgate_keystore_ready",
+                "1 while the key store can serve.",
+                u64::from(self.keystore_ready.as_ref().is_none_or(|ready| ready())),
+            ),
         ]);
         out.extend_from_slice(text.as_bytes());
         Response::new(200)
@@ -539,8 +649,9 @@ impl Service for Producer {
         ConnState::default()
     }
 
-    fn closing(&self, _conn: &ConnInfo) -> bool {
-        self.0.draining.get()
+    fn closing(&self, conn: &ConnInfo) -> bool {
+        let gw = &self.0;
+        gw.draining.get() || gw.killed.get() || gw.revoked.borrow().contains(&conn.id)
     }
 
     fn closing_event(&self) -> &event_listener::Event {
@@ -576,6 +687,13 @@ impl Service for Producer {
         let gw = &*self.0;
         let p = path(head, buf);
         let method = head.method.unwrap_or(Method::Other);
+        if gw.killed.get() {
+            let ctx = Ctx::new(gw, head, buf, None);
+            return Some(
+                gw.refuse(&ctx, Rejection::KillSwitchEngaged.into(), body)
+                    .await,
+            );
+        }
         let (route, refusal) = match (p, method) {
             (TELEMETRY, Method::Post) => match ingest::telemetry_before_body(gw, head, buf) {
                 None => return None,
@@ -611,6 +729,14 @@ impl Service for Producer {
         span: Span,
         body: &mut Vec<u8>,
     ) -> Response {
+        let gw = &*self.0;
+        if gw.killed.get() {
+            // Engaged while the body was read.
+            let ctx = Ctx::new(gw, head, buf, None);
+            return gw
+                .refuse(&ctx, Rejection::KillSwitchEngaged.into(), body)
+                .await;
+        }
         match path(head, buf) {
             FEDERATION => crate::federation::verify(&self.0, st, conn, head, buf, span, body).await,
             GRAPH => {
@@ -708,14 +834,26 @@ impl Service for Ops {
     }
 }
 
-/// Decrements the open-connection count when a connection task ends.
-struct ConnSlot(Rc<Gateway>);
+fn conn_limits(cfg: &Config) -> ConnLimits {
+    ConnLimits {
+        max_header_bytes: cfg.limits.max_header_bytes,
+        max_body_bytes: cfg.limits.max_body_bytes,
+        header_read_timeout: cfg.limits.header_read_timeout,
+        body_read_timeout: cfg.limits.body_read_timeout,
+        idle_timeout: cfg.limits.idle_timeout,
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends, and forgets the
+/// connection's certificate chain.
+struct ConnSlot(Rc<Gateway>, u64);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0
-            .connections
-            .set(self.0.connections.get().saturating_sub(1));
+        let gw = &self.0;
+        gw.connections.set(gw.connections.get().saturating_sub(1));
+        gw.peer_chains.borrow_mut().remove(&self.1);
+        gw.revoked.borrow_mut().remove(&self.1);
     }
 }
 
@@ -725,7 +863,6 @@ pub async fn accept_producers(
     gw: Rc<Gateway>,
     ex: Rc<LocalExecutor<'static>>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -740,7 +877,13 @@ pub async fn accept_producers(
         if gw.draining.get() {
             break;
         }
-        if gw.connections.get() >= gw.cfg.limits.max_connections {
+        let Some(tls) = gw.tls().filter(|_| !gw.killed.get()) else {
+            // Kill switch: refuse the handshake before any TLS work.
+            gw.tls_rejected("kill_switch_engaged");
+            drop(tcp);
+            continue;
+        };
+        if gw.connections.get() >= gw.cfg().limits.max_connections {
             gw.metrics
                 .connections_refused
                 .set(gw.metrics.connections_refused.get() + 1);
@@ -754,12 +897,11 @@ pub async fn accept_producers(
             .set(gw.metrics.connections_accepted.get() + 1);
         let id = gw.next_conn_id.get();
         gw.next_conn_id.set(id + 1);
-        let slot = ConnSlot(Rc::clone(&gw));
-        let acceptor = acceptor.clone();
+        let slot = ConnSlot(Rc::clone(&gw), id);
         let gw2 = Rc::clone(&gw);
         ex.spawn(async move {
             let _slot = slot;
-            serve_producer(gw2, tcp, peer, id, acceptor).await;
+            serve_producer(gw2, tcp, peer, id, tls.acceptor).await;
         })
         .detach();
     }
@@ -774,7 +916,8 @@ async fn serve_producer(
 ) {
     let _ = tcp.set_nodelay(true);
     let handshake = futures_lite::future::or(async { acceptor.accept(tcp).await }, async {
-        Timer::after(gw.limits.header_read_timeout).await;
+        let timeout = gw.limits.borrow().header_read_timeout;
+        Timer::after(timeout).await;
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "handshake timeout",
@@ -790,18 +933,23 @@ async fn serve_producer(
             return;
         }
     };
-    let fingerprint = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| crate::tls::fingerprint(c));
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    let fingerprint = chain.first().map(|c| crate::tls::fingerprint(c));
+    if gw.killed.get() {
+        // Engaged during the handshake.
+        gw.tls_rejected("kill_switch_engaged");
+        return;
+    }
+    // Kept so a reload can re-check this connection against new pins and CRLs.
+    gw.peer_chains
+        .borrow_mut()
+        .insert(id, chain.iter().map(|c| c.clone().into_owned()).collect());
     let info = ConnInfo {
         id,
         peer,
         fingerprint,
     };
-    let limits = gw.limits.clone();
+    let limits = gw.limits.borrow().clone();
     conn::serve(&Producer(Rc::clone(&gw)), tls, &info, &limits).await;
 }
 
@@ -830,7 +978,7 @@ pub async fn accept_ops(gw: Rc<Gateway>, ex: Rc<LocalExecutor<'static>>, listene
                 peer,
                 fingerprint: None,
             };
-            let limits = gw2.limits.clone();
+            let limits = gw2.limits.borrow().clone();
             conn::serve(&Ops(Rc::clone(&gw2)), tcp, &info, &limits).await;
             oc.set(oc.get().saturating_sub(1));
         })

@@ -12,6 +12,8 @@ pub struct Metrics {
     tls_rejected: RefCell<BTreeMap<&'static str, u64>>,
     pub connections_accepted: Cell<u64>,
     pub connections_refused: Cell<u64>,
+    pub reloads: Cell<u64>,
+    pub reloads_rejected: Cell<u64>,
 }
 
 impl Metrics {
@@ -70,6 +72,16 @@ impl Metrics {
                 "vvgate_connections_refused_total",
                 "Producer connections refused before TLS (connection limit, draining).",
                 self.connections_refused.get(),
+            ),
+            (
+                "vvgate_config_reloads_total",
+                "Configuration reloads applied.",
+                self.reloads.get(),
+            ),
+            (
+                "vvgate_config_reloads_rejected_total",
+                "Configuration reloads refused (the running configuration stayed).",
+                self.reloads_rejected.get(),
             ),
         ] {
             let _ = writeln!(

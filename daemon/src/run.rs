@@ -4,7 +4,8 @@
 //! database opens with a known format. Then the listeners bind, `gateway.started` is
 //! committed, and readiness is announced (a line on stdout and `READY=1` to systemd).
 //! SIGTERM/SIGINT drain: no new connections, open ones finish their current request, the
-//! last decisions are committed, `gateway.stopped` is written.
+//! last decisions are committed, `gateway.stopped` is written. SIGHUP reloads ([`crate::reload`]).
+//! A kill switch stored as engaged is applied before the listeners open.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -94,7 +95,9 @@ impl RunError {
 /// What `prepare` built: everything that can fail before the first byte is served.
 pub struct Prepared {
     cfg: Rc<Config>,
-    server_config: Arc<rustls::ServerConfig>,
+    tls: tls::TlsSetup,
+    /// Kept for reloads (the TLS server key is taken from it again).
+    keystore: Arc<dyn KeyStore>,
     catalogue: Option<Catalogue>,
     forward: Option<crate::forward::ForwardSetup>,
     /// The connection to the shared nonce bucket (`nonce_backend = "jetstream_kv"`).
@@ -142,7 +145,7 @@ pub fn open_keystore(
 pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
     let (keystore, keystore_ready) = open_keystore(&cfg)?;
     let key_err = |key: String| move |source| RunError::Key { key, source };
-    let server_config = tls::server_config(&cfg, keystore.as_ref())?;
+    let tls = tls::server_setup(&cfg, keystore.as_ref())?;
     let checkpoint_signer = keystore
         .record_signer(&cfg.audit.checkpoint_key)
         .map_err(key_err("audit.checkpoint_key".into()))?;
@@ -197,7 +200,8 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
     };
     Ok(Prepared {
         cfg: Rc::new(cfg),
-        server_config,
+        tls,
+        keystore,
         catalogue,
         forward,
         cluster,
@@ -254,8 +258,8 @@ async fn first_connection(
     }
 }
 
-/// Run the gateway until SIGTERM or SIGINT.
-pub fn run(p: Prepared) -> Result<(), RunError> {
+/// Run the gateway until SIGTERM or SIGINT; `config_path` is read again on reload.
+pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
     let cfg = Rc::clone(&p.cfg);
     ensure_state_dir(&cfg.state_dir)?;
     let store = Arc::new(Store::open(
@@ -337,7 +341,16 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
     gw.cluster = bucket.clone();
     let gw = Rc::new(gw);
     let ex: Rc<LocalExecutor<'static>> = Rc::new(LocalExecutor::new());
-    let acceptor = futures_rustls::TlsAcceptor::from(p.server_config);
+    gw.swap_tls(gateway::TlsState {
+        acceptor: futures_rustls::TlsAcceptor::from(p.tls.server),
+        verifier: p.tls.verifier,
+        crl_next_update: p.tls.crl_next_update,
+    });
+    crate::killswitch::restore(&gw)?;
+    let reloader = Rc::new(crate::reload::Reloader {
+        config_path: config_path.to_owned(),
+        keystore: p.keystore,
+    });
 
     let result: Result<(), RunError> = smol::block_on(ex.run(async {
         let producer = bind("the producer listener", cfg.listen).await?;
@@ -416,7 +429,6 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
             Rc::clone(&gw),
             Rc::clone(&ex),
             producer,
-            acceptor,
         ))
         .detach();
         ex.spawn(gateway::accept_ops(Rc::clone(&gw), Rc::clone(&ex), ops))
@@ -427,8 +439,12 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
             Rc::clone(&gw),
             Rc::clone(&ex),
             control,
+            Rc::clone(&reloader),
         ))
         .detach();
+        if let Some(every) = crate::control::watchdog_interval() {
+            ex.spawn(crate::control::watchdog(every)).detach();
+        }
         for w in &cfg.warnings {
             tracing::warn!("{w}");
         }
@@ -442,9 +458,8 @@ pub fn run(p: Prepared) -> Result<(), RunError> {
         while let Some(sig) = signals.next().await {
             match sig {
                 Ok(async_signal::Signal::Hup) => {
-                    tracing::warn!(
-                        "SIGHUP: configuration reload is not available in this build; ignored"
-                    );
+                    // Errors are logged and audited by the reload itself.
+                    let _ = crate::reload::reload(&gw, &reloader, "signal").await;
                 }
                 _ => break,
             }

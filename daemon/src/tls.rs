@@ -58,8 +58,27 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Build the producer listener's TLS configuration.
-pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<ServerConfig>, TlsError> {
+/// The producer listener's TLS configuration with the parts a reload needs.
+pub struct TlsSetup {
+    pub server: Arc<ServerConfig>,
+    /// CA, CRLs and pins: re-checks open connections after a reload.
+    pub verifier: Arc<dyn ClientCertVerifier>,
+    /// The earliest `nextUpdate` of the configured CRLs, Unix seconds (`None`: no CRL).
+    pub crl_next_update: Option<u64>,
+}
+
+/// The `nextUpdate` of a DER CRL, Unix seconds. x509-parser reads it: rustls-webpki checks
+/// it but does not expose it, and readiness must say when a CRL has expired.
+fn crl_next_update(der: &[u8]) -> Result<u64, String> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).map_err(|e| format!("not a CRL: {e}"))?;
+    let next = crl
+        .next_update()
+        .ok_or("the CRL has no nextUpdate: it would never expire")?;
+    u64::try_from(next.timestamp()).map_err(|_| "nextUpdate before 1970".to_string())
+}
+
+/// Build the producer listener's TLS configuration and keep its verifier (start and reload).
+pub fn server_setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<TlsSetup, TlsError> {
     let t = &cfg.tls;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
 
@@ -84,6 +103,7 @@ pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<Server
             .map_err(|e| ca(format!("not a usable CA certificate: {e}")))?;
     }
     let mut crls = Vec::new();
+    let mut next_update = None;
     for path in &t.crl_paths {
         let bad = |detail: String| TlsError::Crl {
             path: path.display().to_string(),
@@ -93,7 +113,10 @@ pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<Server
             CertificateRevocationListDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
         let mut found = false;
         for crl in iter {
-            crls.push(crl.map_err(|e| bad(e.to_string()))?);
+            let crl = crl.map_err(|e| bad(e.to_string()))?;
+            let next = crl_next_update(&crl).map_err(&bad)?;
+            next_update = Some(next_update.map_or(next, |n: u64| n.min(next)));
+            crls.push(crl);
             found = true;
         }
         if !found {
@@ -109,7 +132,7 @@ pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<Server
     let inner = builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let verifier = Arc::new(PinnedClientVerifier {
+    let verifier: Arc<dyn ClientCertVerifier> = Arc::new(PinnedClientVerifier {
         inner,
         pins: cfg.identities.by_pin.keys().copied().collect(),
     });
@@ -121,13 +144,17 @@ pub fn server_config(cfg: &Config, keystore: &dyn KeyStore) -> Result<Arc<Server
     let mut sc = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier))
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     sc.session_storage = Arc::new(NoServerSessionStorage {});
     sc.send_tls13_tickets = 0;
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
     sc.ignore_client_order = true;
-    Ok(Arc::new(sc))
+    Ok(TlsSetup {
+        server: Arc::new(sc),
+        verifier,
+        crl_next_update: next_update,
+    })
 }
 
 /// The certificate is valid but its fingerprint is not pinned for any identity.

@@ -11,7 +11,7 @@
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
 //! | `graphs` | (tenant id, u64 sequence per tenant) | [`GraphRecord`]: metadata of an accepted execution graph; the newest `retention` per tenant are kept |
 //! | `claims` | nonce key, as `nonces` | a cluster claim (`nonce_backend = "jetstream_kv"`): an accepted request waiting for its key in the shared bucket, with everything its acceptance writes ([`records::Claim`]) |
-//! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`] |
+//! | `meta` | name | postcard: `format`, [`AuditHead`], [`SpoolStats`], [`KillSwitch`] |
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
 //! B-tree and expiry is one range delete (random keys cost ten times more per insert).
@@ -38,8 +38,8 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    AuditHead, AuditRetention, Claim, EnvelopeKind, GraphRecord, NonceRecord, Route, SpoolItem,
-    SpoolSegment, SpoolStats,
+    AuditHead, AuditRetention, Claim, EnvelopeKind, GraphRecord, KillSwitch, NonceRecord, Route,
+    SpoolItem, SpoolSegment, SpoolStats,
 };
 
 /// The on-disk format this build reads and writes.
@@ -65,6 +65,7 @@ const META_FORMAT: &str = "format";
 const META_AUDIT_HEAD: &str = "audit_head";
 const META_SPOOL_STATS: &str = "spool_stats";
 const META_AUDIT_RETENTION: &str = "audit_retention";
+const META_KILL_SWITCH: &str = "kill_switch";
 
 /// A storage failure. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -584,6 +585,13 @@ impl<'t> Batch<'t> {
         Ok(())
     }
 
+    /// Record the kill switch state (durable with this transaction, like its audit entry).
+    pub fn kill_switch_set(&mut self, state: &KillSwitch) -> Result<(), StorageError> {
+        records::encode(state, &mut self.buf).map_err(|e| corrupt("kill switch", e))?;
+        self.meta.insert(META_KILL_SWITCH, self.buf.as_slice())?;
+        Ok(())
+    }
+
     fn flush_meta(&mut self) -> Result<(), StorageError> {
         if self.audit_head != self.start_head {
             records::encode(&self.audit_head, &mut self.buf)
@@ -609,6 +617,12 @@ impl Reader {
     pub fn audit_head(&self) -> Result<AuditHead, StorageError> {
         let meta = self.txn.open_table(META)?;
         read_meta(&meta, META_AUDIT_HEAD, "audit head")
+    }
+
+    /// The kill switch state ([`KillSwitch::Armed`] when never engaged).
+    pub fn kill_switch(&self) -> Result<KillSwitch, StorageError> {
+        let meta = self.txn.open_table(META)?;
+        read_meta(&meta, META_KILL_SWITCH, "kill switch")
     }
 
     /// The spool's occupancy.

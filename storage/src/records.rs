@@ -216,6 +216,36 @@ pub enum GraphRecord {
     },
 }
 
+/// The kill switch (CONTRACT.md §2.4): whether producer traffic is refused, and the last
+/// change. Written in the same transaction as its `control.kill` / `control.rearm` audit entry,
+/// before the operator is answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KillSwitch {
+    /// Never engaged on this database.
+    #[default]
+    Armed,
+    /// Format 1.
+    V1 {
+        /// Whether the switch is engaged.
+        engaged: bool,
+        /// When it last changed, Unix seconds.
+        changed_at: u64,
+        /// The audit index of the entry that recorded the change.
+        audit_index: u64,
+        /// Where the change came from (`socket`, `console`) and who (`uid=…`, officers).
+        by: String,
+        /// The operator's stated reason (kill) or empty.
+        reason: String,
+    },
+}
+
+impl KillSwitch {
+    /// Whether producer traffic is refused.
+    pub fn engaged(&self) -> bool {
+        matches!(self, KillSwitch::V1 { engaged: true, .. })
+    }
+}
+
 /// Encode a record with postcard.
 pub fn encode<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
     out.clear();
@@ -244,6 +274,18 @@ mod tests {
         let mut buf = Vec::new();
         encode(&n, &mut buf).unwrap();
         assert_eq!(decode::<NonceRecord>(&buf).unwrap(), n);
+
+        let k = KillSwitch::V1 {
+            engaged: true,
+            changed_at: 1_772_107_200,
+            audit_index: 42,
+            by: "socket uid=0".into(),
+            reason: "compromise".into(),
+        };
+        encode(&k, &mut buf).unwrap();
+        assert_eq!(decode::<KillSwitch>(&buf).unwrap(), k);
+        assert!(k.engaged());
+        assert!(!KillSwitch::default().engaged());
 
         let s = SpoolSegment::V1 {
             spooled_at: 5,

@@ -460,3 +460,33 @@ fn graph_records_stay_in_their_tenant_and_are_bounded() {
     assert!(r.graphs("10000000", 10).unwrap().is_empty());
     assert!(r.graphs("", 10).unwrap().is_empty());
 }
+
+#[test]
+fn kill_switch_survives_reopen_and_failed_batches() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    let store = Store::open(&path, 1 << 20).unwrap();
+    assert_eq!(
+        store.read().unwrap().kill_switch().unwrap(),
+        KillSwitch::Armed
+    );
+    let engaged = KillSwitch::V1 {
+        engaged: true,
+        changed_at: 7,
+        audit_index: 3,
+        by: "console uid=0".into(),
+        reason: "drill".into(),
+    };
+    store.batch(|b| b.kill_switch_set(&engaged)).unwrap();
+    // A failed transaction that tried to re-arm keeps the switch engaged.
+    let r: Result<(), StorageError> = store.batch(|b| {
+        b.kill_switch_set(&KillSwitch::Armed)?;
+        Err(StorageError::Format { found: 0 })
+    });
+    assert!(r.is_err());
+    drop(store);
+    let store = Store::open(&path, 1 << 20).unwrap();
+    let found = store.read().unwrap().kill_switch().unwrap();
+    assert_eq!(found, engaged);
+    assert!(found.engaged());
+}

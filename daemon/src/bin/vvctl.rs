@@ -89,6 +89,34 @@ enum Cmd {
         #[command(flatten)]
         state: State,
     },
+    /// Engage the kill switch: every producer connection is closed and every request refused
+    /// (403) until two officers re-arm it. Stored before it is confirmed.
+    Kill {
+        #[command(flatten)]
+        state: State,
+        /// Why (recorded in the audit entry).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Re-arm the kill switch: two officers, each with their own secret file.
+    Rearm {
+        #[command(flatten)]
+        state: State,
+        /// NAME=SECRET_FILE, once per officer (twice).
+        #[arg(long = "officer", value_name = "NAME=SECRET_FILE")]
+        officers: Vec<String>,
+    },
+    /// Re-read and apply the configuration (as SIGHUP): refused as a whole if anything in it
+    /// is wrong.
+    Reload {
+        #[command(flatten)]
+        state: State,
+    },
+    /// Officer secrets for re-arming the kill switch.
+    Officer {
+        #[command(subcommand)]
+        cmd: OfficerCmd,
+    },
     /// Key ceremonies on the PKCS#11 token, under dual control (docs/key-ceremony.md).
     Keys {
         #[command(subcommand)]
@@ -107,6 +135,22 @@ enum Cmd {
         producer: Producer,
         #[command(flatten)]
         args: cli::bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OfficerCmd {
+    /// Make a new officer secret file and print its verifier for [control] rearm_officers.
+    New {
+        /// The officer's name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the secret (created 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// PBKDF2 rounds of the verifier.
+        #[arg(long, default_value_t = vvgate::killswitch::DEFAULT_ITERATIONS)]
+        iterations: u32,
     },
 }
 
@@ -153,6 +197,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 "the gateway is not running (no control socket)".into(),
             )),
         },
+        Cmd::Kill { state, reason } => cli::operate::kill(&state.source()?, &reason),
+        Cmd::Rearm { state, officers } => cli::operate::rearm(&state.source()?, &officers),
+        Cmd::Reload { state } => cli::operate::reload(&state.source()?),
+        Cmd::Officer {
+            cmd:
+                OfficerCmd::New {
+                    name,
+                    out,
+                    iterations,
+                },
+        } => cli::operate::officer_new(&name, &out, iterations),
         Cmd::Keys { cmd } => cli::keys::run(cmd),
         Cmd::Evidence { cmd } => cli::evidence::run(cmd),
         Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         println!("vvgated: configuration {} is valid", config_path.display());
         return ExitCode::from(exit::OK);
     }
-    match run::run(prepared) {
+    match run::run(prepared, &config_path) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("vvgated: {e}");

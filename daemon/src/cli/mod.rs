@@ -5,6 +5,7 @@ pub mod bench;
 mod bench_audit;
 pub mod evidence;
 pub mod keys;
+pub mod operate;
 pub mod send;
 pub mod spool;
 

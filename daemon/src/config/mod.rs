@@ -258,6 +258,8 @@ pub struct ControlConfig {
     pub socket_path: PathBuf,
     pub allowed_uid: Option<u32>,
     pub allowed_gid: Option<u32>,
+    /// Officer name → verifier of their secret; a re-arm needs two of them.
+    pub rearm_officers: BTreeMap<String, crate::killswitch::OfficerVerifier>,
 }
 
 #[derive(Clone, Debug)]

@@ -167,6 +167,7 @@ pub(crate) struct RawControl {
     pub(crate) socket_path: Option<String>,
     pub(crate) allowed_uid: Option<i64>,
     pub(crate) allowed_gid: Option<i64>,
+    pub(crate) rearm_officers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

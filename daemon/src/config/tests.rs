@@ -434,3 +434,52 @@ fn every_keystore_key_is_documented() {
         );
     }
 }
+
+#[test]
+fn rearm_officers_need_two_distinct_valid_verifiers() {
+    let v = |secret: &[u8]| {
+        crate::killswitch::OfficerVerifier::create(secret, 10_000)
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (v(b"secret-a"), v(b"secret-b"));
+    let ok = format!(
+        "{}\n[control]\nrearm_officers = {{ alice = \"{a}\", bob = \"{b}\" }}\n",
+        minimal()
+    );
+    let c = parse_env(&ok, &[]).unwrap();
+    assert_eq!(c.control.rearm_officers.len(), 2);
+    assert!(c.control.rearm_officers["bob"].verify(b"secret-b"));
+    assert!(parse_env(&minimal(), &[])
+        .unwrap()
+        .control
+        .rearm_officers
+        .is_empty());
+
+    let one = format!(
+        "{}\n[control]\nrearm_officers = {{ alice = \"{a}\" }}\n",
+        minimal()
+    );
+    assert!(has(
+        &problems(parse_env(&one, &[])),
+        "control.rearm_officers",
+        "needs two"
+    ));
+    let bad = format!(
+        "{}\n[control]\nrearm_officers = {{ alice = \"{a}\", bob = \"{a}\", carol = \"sha256:00\", \"a,b\" = \"{b}\" }}\n",
+        minimal()
+    );
+    let p = problems(parse_env(&bad, &[]));
+    assert!(
+        has(&p, "control.rearm_officers.bob", "same verifier"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "control.rearm_officers.carol", "pbkdf2-sha256"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "control.rearm_officers.a,b", "officer names"),
+        "{p:?}"
+    );
+}

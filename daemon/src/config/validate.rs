@@ -926,6 +926,7 @@ pub(super) fn validate(
         },
         allowed_uid: id(&mut c, "control.allowed_uid", ctl.allowed_uid),
         allowed_gid: id(&mut c, "control.allowed_gid", ctl.allowed_gid),
+        rearm_officers: rearm_officers(&mut c, ctl.rearm_officers.unwrap_or_default()),
     };
 
     // [evidence]
@@ -1087,4 +1088,44 @@ fn cluster(
         ttl: Duration::from_secs(ttl_secs),
         timeout: Duration::from_millis(timeout_ms),
     })
+}
+
+/// `[control] rearm_officers`: officer name → salted verifier of their secret. Either none
+/// (the kill switch cannot be re-armed until officers are configured) or at least two.
+fn rearm_officers(
+    c: &mut Checker<'_>,
+    raw: BTreeMap<String, String>,
+) -> BTreeMap<String, crate::killswitch::OfficerVerifier> {
+    let mut out = BTreeMap::new();
+    for (name, text) in raw {
+        let key = format!("control.rearm_officers.{name}");
+        if name.is_empty() || name.len() > 64 || name.chars().any(|ch| ch.is_control() || ch == ',')
+        {
+            c.bad(
+                &key,
+                "officer names are 1–64 characters, no control characters or ','",
+            );
+            continue;
+        }
+        match crate::killswitch::OfficerVerifier::parse(&text) {
+            Ok(v) => {
+                if out.values().any(|o| *o == v) {
+                    c.bad(
+                        &key,
+                        "the same verifier as another officer: each officer has their own secret",
+                    );
+                } else {
+                    out.insert(name, v);
+                }
+            }
+            Err(e) => c.bad(&key, e),
+        }
+    }
+    if out.len() == 1 {
+        c.bad(
+            "control.rearm_officers",
+            "one officer configured: re-arming the kill switch needs two",
+        );
+    }
+    out
 }

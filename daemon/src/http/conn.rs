@@ -213,23 +213,32 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         // Wait for the next request, or for the gateway to start closing.
         if buf.is_empty() {
             timer.set_after(limits.idle_timeout);
-            let closing = svc.closing_event().listen();
-            if svc.closing(conn) {
-                break;
-            }
-            let got = futures_lite::future::or(
-                async {
-                    read_more(&mut io, &mut buf, chunk, &mut timer)
-                        .await
-                        .is_ok()
-                },
-                async {
-                    closing.await;
-                    false
-                },
-            )
-            .await;
-            if !got {
+            // The event also fires for changes that concern other connections (a reload that
+            // revoked one certificate): then this one goes on waiting.
+            let got = loop {
+                let closing = svc.closing_event().listen();
+                if svc.closing(conn) {
+                    break None;
+                }
+                let r = futures_lite::future::or(
+                    async {
+                        Some(
+                            read_more(&mut io, &mut buf, chunk, &mut timer)
+                                .await
+                                .is_ok(),
+                        )
+                    },
+                    async {
+                        closing.await;
+                        None
+                    },
+                )
+                .await;
+                if r.is_some() {
+                    break r;
+                }
+            };
+            if got != Some(true) {
                 break;
             }
         }

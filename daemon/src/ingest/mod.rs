@@ -127,7 +127,7 @@ fn media_and_size(
     }
     match head.content_length {
         None | Some(0) => Some(empty),
-        Some(n) if n > u64::try_from(gw.cfg.limits.max_body_bytes).unwrap_or(u64::MAX) => {
+        Some(n) if n > u64::try_from(gw.cfg().limits.max_body_bytes).unwrap_or(u64::MAX) => {
             Some(large)
         }
         Some(_) => None,
@@ -154,7 +154,7 @@ pub async fn telemetry(
 ) -> Response {
     let ctx = Ctx::new(gw, head, buf, Some(Route::Telemetry));
     let body = span.get(buf);
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let now = gw.clock.now();
     let secs = now.secs();
 
@@ -351,7 +351,7 @@ fn evaluate_body(
     body_sha256: &[u8; 32],
     now: time::Micros,
 ) -> Result<Accepted, Refusal> {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let mut tape = std::mem::take(&mut st.tape);
     let result = (|| {
         // 16.
@@ -554,7 +554,7 @@ pub async fn resend_other(
     let Some((status, write_body)) = idempotent.filter(|_| identical) else {
         return gw.refuse(ctx, replay.into(), out).await;
     };
-    if !gw.cfg.idempotent_retry {
+    if !gw.cfg().idempotent_retry {
         let f = Refusal {
             original: Some(original),
             ..replay.into()
@@ -649,7 +649,7 @@ pub fn refusal_body(out: &mut Vec<u8>, reason: &str, original: Option<&UuidText>
 
 /// The body of `GET /healthz` when healthy (CONTRACT.md §2.5).
 pub fn health_body(gw: &Gateway, out: &mut Vec<u8>) {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let mut w = Cjson::new(out);
     w.begin_obj()
         .key("status")

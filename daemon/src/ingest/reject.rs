@@ -12,6 +12,7 @@ pub enum Rejection {
     HeaderTooLarge,
     NotFound,
     MethodNotAllowed,
+    KillSwitchEngaged,
     // Media, size (M1–M3); telemetry wording.
     UnsupportedMediaType,
     EmptyBody,
@@ -87,6 +88,7 @@ impl Rejection {
             HeaderTooLarge => 431,
             NotFound => 404,
             MethodNotAllowed => 405,
+            KillSwitchEngaged => 403,
             UnsupportedMediaType | EndpointUnsupportedMediaType => 415,
             EmptyBody | PayloadRequired => 422,
             BodyTooLarge | PayloadTooLarge => 413,
@@ -145,6 +147,7 @@ impl Rejection {
             HeaderTooLarge => "Request header fields too large",
             NotFound => "Not Found",
             MethodNotAllowed => "Method Not Allowed",
+            KillSwitchEngaged => "Gateway kill switch engaged",
             UnsupportedMediaType => "Telemetry endpoint only accepts application/json",
             EmptyBody => "Telemetry payload is required",
             BodyTooLarge if default_body_limit => "Telemetry payload exceeds 1MiB limit",
@@ -221,6 +224,7 @@ impl Rejection {
             | HeaderTooLarge
             | NotFound
             | MethodNotAllowed
+            | KillSwitchEngaged
             | UnsupportedMediaType
             | EmptyBody
             | BodyTooLarge
@@ -276,6 +280,7 @@ impl Rejection {
                 | HeaderTooLarge
                 | NotFound
                 | MethodNotAllowed
+                | KillSwitchEngaged
         )
     }
 
@@ -290,6 +295,7 @@ impl Rejection {
                 | HeaderTooLarge
                 | BodyTooLarge
                 | PayloadTooLarge
+                | KillSwitchEngaged
         )
     }
 
@@ -309,7 +315,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 56] = {
+    pub const ALL: [Rejection; 57] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -318,6 +324,7 @@ impl Rejection {
             HeaderTooLarge,
             NotFound,
             MethodNotAllowed,
+            KillSwitchEngaged,
             UnsupportedMediaType,
             EmptyBody,
             BodyTooLarge,

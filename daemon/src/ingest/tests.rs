@@ -8,6 +8,7 @@ const TABLE: &[(Rejection, u16, &str)] = &[
     (HeaderTooLarge, 431, "Request header fields too large"),
     (NotFound, 404, "Not Found"),
     (MethodNotAllowed, 405, "Method Not Allowed"),
+    (KillSwitchEngaged, 403, "Gateway kill switch engaged"),
     (
         UnsupportedMediaType,
         415,
@@ -247,6 +248,7 @@ fn connection_closing_answers() {
             &RequestTimeout,
             &LengthRequired,
             &HeaderTooLarge,
+            &KillSwitchEngaged,
             &BodyTooLarge,
             &PayloadTooLarge
         ]
