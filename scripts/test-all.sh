@@ -13,10 +13,10 @@ echo "== installing test dependencies (apt)"
 $SUDO apt-get update
 # nats-server (queue tests), softhsm2 + opensc (PKCS#11 tests: pkcs11-tool makes weak keys,
 # opensc-pkcs11's pkcs11-spy counts the gateway's logins), curl/openssl/python3 (independent
-# TLS clients in the end-to-end tests).
+# TLS clients in the end-to-end tests), fdisk (sfdisk makes the A/B disks of the update tests).
 $SUDO apt-get install -y --no-install-recommends \
   ca-certificates curl openssl python3 nats-server softhsm2 opensc opensc-pkcs11 \
-  golang-go golang-golang-x-mod-dev
+  golang-go golang-golang-x-mod-dev fdisk
 
 echo "== format and lints"
 cargo fmt --all -- --check

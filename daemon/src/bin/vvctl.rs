@@ -94,6 +94,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::keys::KeysCmd,
     },
+    /// Signed A/B image updates: verify a bundle, install it into the free slot.
+    Update {
+        #[command(subcommand)]
+        cmd: cli::update::UpdateCmd,
+    },
     /// Load a running gateway with pre-signed requests and report throughput, latency, CPU, RSS.
     Bench {
         #[command(flatten)]
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             )),
         },
         Cmd::Keys { cmd } => cli::keys::run(cmd),
+        Cmd::Update { cmd } => cli::update::run(cmd),
         Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),
     }
 }
