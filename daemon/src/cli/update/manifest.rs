@@ -181,6 +181,7 @@ pub fn sha256_of(r: &mut impl Read, len: u64) -> std::io::Result<([u8; 32], u64)
 }
 
 /// A bundle directory whose manifest verified and whose files match it.
+#[derive(Debug)]
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
