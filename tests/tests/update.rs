@@ -225,6 +225,18 @@ impl Setup {
         ])
     }
 
+    fn verify(&self, bundle: &Path) -> (i32, String, String) {
+        vvctl(&[
+            "update",
+            "verify",
+            bundle.to_str().unwrap(),
+            "--key",
+            self.public.to_str().unwrap(),
+            "--version-file",
+            self.version.to_str().unwrap(),
+        ])
+    }
+
     fn state(&self) -> (String, Vec<String>) {
         let disk = hex(&Sha256::digest(std::fs::read(&self.disk).unwrap()));
         let mut esp: Vec<String> = std::fs::read_dir(self.esp.join("EFI/Linux"))
@@ -312,15 +324,7 @@ fn refused_bundles_change_nothing() {
         );
     }
     // `verify` says the same without a disk.
-    let (rc, _, err) = vvctl(&[
-        "update",
-        "verify",
-        bad_sig.to_str().unwrap(),
-        "--key",
-        s.public.to_str().unwrap(),
-        "--version-file",
-        s.version.to_str().unwrap(),
-    ]);
+    let (rc, _, err) = s.verify(&bad_sig);
     assert_eq!(rc, 65, "{err}");
     // A running root that is on neither slot: nothing is guessed.
     let (rc, _, err) = s.apply(&good, &"7".repeat(64));
@@ -334,15 +338,7 @@ fn refused_bundles_change_nothing() {
 fn a_good_bundle_lands_in_the_free_slot_and_becomes_the_next_boot() {
     let s = Setup::new("update-good");
     let b = s.bundle("good", "0.2.0", H2, &s.key);
-    let (rc, _, err) = vvctl(&[
-        "update",
-        "verify",
-        b.to_str().unwrap(),
-        "--key",
-        s.public.to_str().unwrap(),
-        "--version-file",
-        s.version.to_str().unwrap(),
-    ]);
+    let (rc, _, err) = s.verify(&b);
     assert_eq!(rc, 0, "{err}");
     let slot_a_before = parts(&s.disk)[1..3].to_vec();
     let (rc, out, err) = s.apply(&b, H1);
