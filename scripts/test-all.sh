@@ -16,10 +16,10 @@ $SUDO apt-get update
 # TLS clients in the end-to-end tests), haproxy (the L4 balancer of the scale-out tests),
 # python3-cryptography (the producer-side feedback verifier), systemd (systemd-analyze
 # security for the unit hardening test), util-linux (setpriv runs a control client as
-# another user).
+# another user), fdisk (sfdisk makes the A/B disks of the update tests).
 $SUDO apt-get install -y --no-install-recommends \
   ca-certificates curl openssl python3 nats-server softhsm2 opensc opensc-pkcs11 \
-  golang-go golang-golang-x-mod-dev haproxy python3-cryptography systemd util-linux
+  golang-go golang-golang-x-mod-dev haproxy python3-cryptography systemd util-linux fdisk
 
 echo "== format and lints"
 cargo fmt --all -- --check

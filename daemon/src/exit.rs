@@ -5,6 +5,9 @@
 pub const OK: u8 = 0;
 /// Bad command line.
 pub const USAGE: u8 = 64;
+/// The input was refused: an update bundle whose signature, manifest, version or files do not
+/// check out.
+pub const DATAERR: u8 = 65;
 /// A key store (HSM) is unavailable or a key is missing or unusable.
 pub const UNAVAILABLE: u8 = 69;
 /// An internal error.

@@ -127,6 +127,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::evidence::EvidenceCmd,
     },
+    /// Signed A/B image updates: verify a bundle, install it into the free slot.
+    Update {
+        #[command(subcommand)]
+        cmd: cli::update::UpdateCmd,
+    },
     /// Load a running gateway with pre-signed requests and report throughput, latency, CPU, RSS.
     Bench {
         #[command(flatten)]
@@ -210,6 +215,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         } => cli::operate::officer_new(&name, &out, iterations),
         Cmd::Keys { cmd } => cli::keys::run(cmd),
         Cmd::Evidence { cmd } => cli::evidence::run(cmd),
+        Cmd::Update { cmd } => cli::update::run(cmd),
         Cmd::Bench { gw, producer, args } => cli::bench::run(&gw.where_(), &producer.args(), &args),
     }
 }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod operate;
 pub mod send;
 pub mod spool;
+pub mod update;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -40,6 +41,8 @@ pub enum CliError {
     },
     #[error(transparent)]
     DevPki(#[from] crate::devpki::DevPkiError),
+    #[error(transparent)]
+    Update(#[from] update::UpdateError),
     /// The command ran and its answer is "no" (a broken audit log, a failed request).
     #[error("{0}")]
     Failed(String),
@@ -52,6 +55,7 @@ impl CliError {
             CliError::Config(_) => crate::exit::CONFIG,
             CliError::Storage(_) => crate::exit::IOERR,
             CliError::Failed(_) => 1,
+            CliError::Update(e) => e.exit_code(),
             CliError::Client(_)
             | CliError::Control { .. }
             | CliError::Io { .. }
