@@ -364,7 +364,7 @@ impl Gateway {
     }
 
     /// Why the gateway is not ready (CONTRACT.md §2.5); empty when ready.
-    pub fn readiness(&self) -> heapless::Vec<&'static str, 8> {
+    pub fn readiness(&self) -> heapless::Vec<&'static str, 12> {
         let mut reasons = heapless::Vec::new();
         let s = &self.committer.shared;
         if !s.healthy.load(Ordering::Relaxed) {
