@@ -309,58 +309,21 @@ impl Gateway {
         body_sha256: [u8; 32],
         out: &mut Vec<u8>,
     ) -> Response {
-        let NonceRecord::V1 {
-            body_sha256: recorded,
-            request_id: original,
-            route,
-            ..
-        } = rec;
-        let identical = Some(route) == ctx.route && recorded == body_sha256;
-        if !identical {
-            return self.refuse(ctx, Rejection::NonceReused.into(), out).await;
-        }
-        if !self.cfg.borrow().idempotent_retry {
-            let f = Refusal {
-                original: Some(original),
-                ..Rejection::NonceReused.into()
-            };
-            return self.refuse(ctx, f, out).await;
-        }
-        let original_text = ids::uuid_text(&original);
-        let mut details = Vec::with_capacity(160);
-        write_details(
-            &mut details,
-            &mut [
-                ("request_id", Detail::Str(&ctx.request_id_text)),
-                ("status_code", Detail::Int(202)),
-                ("original_request_id", Detail::Str(&original_text)),
-            ],
-        );
-        let op = Op {
-            request_id: ctx.request_id,
-            route: ctx.route,
-            action: Action::AuditOnly,
-            audit: AuditItem {
-                actor: ACTOR_GATEWAY,
-                event_type: "telemetry.idempotent_replay",
-                details,
-            },
-            reply: None,
+        let write = |o: &mut Vec<u8>, original: &str| {
+            o.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
+            o.extend_from_slice(original.as_bytes());
+            o.extend_from_slice(b"\"}");
         };
-        match self.committer.commit(op).await {
-            Ok(Outcome::Committed { .. }) => {
-                out.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
-                out.extend_from_slice(original_text.as_bytes());
-                out.extend_from_slice(b"\"}");
-                self.metrics.count(202, "idempotent_replay");
-                let mut r = Response::new(202);
-                r.request_id = Some(ctx.request_id_text.clone());
-                r.idempotent_replay = true;
-                r
-            }
-            Err(SubmitError::Full) => self.answer(ctx, Rejection::Overloaded.into(), out),
-            _ => self.answer(ctx, Rejection::PersistenceFailed.into(), out),
-        }
+        ingest::resend_other(
+            self,
+            ctx,
+            rec,
+            body_sha256,
+            Rejection::NonceReused,
+            Some((202, &write)),
+            out,
+        )
+        .await
     }
 
     /// Why the gateway is not ready (CONTRACT.md §2.5); empty when ready.

@@ -532,9 +532,8 @@ fn evaluate_body(
 /// id. `None`: the route always answers the plain replay refusal.
 pub type IdempotentAnswer<'f> = Option<(u16, &'f dyn Fn(&mut Vec<u8>, &str))>;
 
-/// Step 15 found the nonce on a federation or cognitive route: an identical re-send or a plain
-/// replay, answered with `replay` (the route's 409) as §3.6 says. Telemetry's own answer is
-/// [`Gateway::resend`].
+/// Step 15 found the nonce: an identical re-send or a plain replay, answered with `replay`
+/// (the route's 409) as §3.6 says ([`Gateway::resend`] is telemetry's case).
 pub async fn resend_other(
     gw: &Gateway,
     ctx: &Ctx<'_>,
