@@ -671,7 +671,7 @@ fn systemd_units_are_hardened() {
     }
     let console =
         std::fs::read_to_string(repo_root().join("systemd/vvgate-console.service")).unwrap();
-    assert!(console.contains("TTYPath=/dev/ttyS0"));
+    assert!(console.contains("TTYPath=/dev/ttyS1"));
     assert!(console.contains("ExecStart=/usr/bin/vvgate-console"));
     for f in [
         "systemd/sysusers.d/vvgate.conf",
