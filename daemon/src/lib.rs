@@ -5,6 +5,11 @@
 //! `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
 //! building blocks.
 
+#[cfg(all(feature = "fuzzing", not(debug_assertions)))]
+compile_error!(
+    "the `fuzzing` feature accepts forged signatures: it builds only with debug assertions"
+);
+
 pub mod audit;
 pub mod cli;
 pub mod client;
@@ -15,6 +20,8 @@ pub mod devpki;
 pub mod envelope;
 pub mod exit;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod ids;
