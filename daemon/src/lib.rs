@@ -23,6 +23,7 @@ pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod heap;
 pub mod http;
 pub mod ids;
 pub mod ingest;

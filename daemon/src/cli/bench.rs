@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// handshake (where the TLS key's signature is made: in memory or in the token).
     #[arg(long)]
     pub handshakes: bool,
+    /// The gateway's ops listener, for its heap counters (a gateway built with the
+    /// `alloc-count` feature; default: `ops.listen` of the configuration).
+    #[arg(long)]
+    pub ops: Option<std::net::SocketAddr>,
 }
 
 const NONCE_MARK: &str = "ffffffff-ffff-4fff-bfff-fffffffffffe";
@@ -193,6 +197,30 @@ fn status(w: &Where) -> Option<serde_json::Value> {
     serde_json::from_str(lines.first()?).ok()
 }
 
+/// The gateway's heap counters (`alloc-count` builds) from `/metrics` on its ops listener.
+fn heap_totals(ops: Option<std::net::SocketAddr>) -> Option<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect_timeout(&ops?, Duration::from_secs(2)).ok()?;
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((
+        value("vvgate_heap_allocations_total")?,
+        value("vvgate_heap_allocated_bytes_total")?,
+    ))
+}
+
 struct ThreadResult {
     latencies_us: Vec<u32>,
     statuses: BTreeMap<u16, u64>,
@@ -222,6 +250,10 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     if args.handshakes {
         return handshakes(&t, pid, args);
     }
+    let ops = args
+        .ops
+        .or_else(|| w.load().ok().flatten().map(|c| c.ops_listen))
+        .filter(|a| a.port() != 0);
     let conns = args.connections.max(1);
     let total = if args.requests > 0 {
         args.requests
@@ -316,12 +348,14 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     barrier.wait();
     std::thread::sleep(warm);
     let cpu0 = pid.and_then(proc_stats);
+    let heap0 = heap_totals(ops);
     let acked0 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let measured_start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(args.duration));
     stop.store(true, Ordering::Relaxed);
     let measured = measured_start.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(proc_stats);
+    let heap1 = heap_totals(ops);
     let acked1 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let mut lat = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
@@ -371,6 +405,16 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         (Some((c0, _, _)), Some((c1, _, _))) => (c1 - c0) / measured * 100.0,
         _ => 0.0,
     };
+    // Heap allocations per accepted request over the measured window (all gateway threads:
+    // event loop, storage, forwarder).
+    #[allow(clippy::cast_precision_loss)]
+    let heap = match (heap0, heap1) {
+        (Some((a0, b0)), Some((a1, b1))) if ok > 0 => Some((
+            a1.saturating_sub(a0) as f64 / ok as f64,
+            b1.saturating_sub(b0) as f64 / ok as f64,
+        )),
+        _ => None,
+    };
     let load_after = loadavg();
     // With a queue: how far behind the forwarder was, and how long the spool takes to empty.
     let queue = match (acked0, acked1) {
@@ -397,7 +441,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     };
     if args.json {
         println!(
-            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{}}}",
+            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{},\"heap_allocs_per_request\":{},\"heap_bytes_per_request\":{}}}",
             args.idle,
             pct(0.5),
             pct(0.99),
@@ -405,6 +449,8 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             queue.map_or("null".to_owned(), |q| format!("{:.1}", q.0)),
             queue.map_or("null".to_owned(), |q| q.1.to_string()),
             queue.and_then(|q| q.2).map_or("null".to_owned(), |d| format!("{d:.3}")),
+            heap.map_or("null".to_owned(), |h| format!("{:.2}", h.0)),
+            heap.map_or("null".to_owned(), |h| format!("{:.0}", h.1)),
         );
     } else {
         let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
@@ -438,6 +484,11 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             println!(
                 "queue       {rate:.0} PubAcks/s during the run; {left} envelopes spooled when the load stopped, spool empty after {}",
                 drained.map_or_else(|| "more than 60 s".to_owned(), |d| format!("{d:.2} s"))
+            );
+        }
+        if let Some((allocs, bytes)) = heap {
+            println!(
+                "heap        {allocs:.2} allocations, {bytes:.0} bytes per accepted request (gateway, all threads)"
             );
         }
         println!("load        {load_before} -> {load_after}");
