@@ -74,7 +74,7 @@ fn a_full_disk_answers_503_and_recovers_without_restart() {
     let p = g.pki.producer();
     let mut conn = g.connect();
     let mut accepted = BTreeSet::new();
-    let mut send = |conn: &mut vvgate::client::Connection| {
+    let send = |conn: &mut vvgate::client::Connection| {
         let s = valid();
         let r = conn.send(&request(&p, &s)).unwrap();
         (r.status, s.nonce, r.body_text())
