@@ -76,13 +76,7 @@ impl Gateway {
         audit_vkey: String,
         keystore_ready: Option<KeystoreProbe>,
     ) -> Self {
-        let limits = ConnLimits {
-            max_header_bytes: cfg.limits.max_header_bytes,
-            max_body_bytes: cfg.limits.max_body_bytes,
-            header_read_timeout: cfg.limits.header_read_timeout,
-            body_read_timeout: cfg.limits.body_read_timeout,
-            idle_timeout: cfg.limits.idle_timeout,
-        };
+        let limits = ConnLimits::from(&cfg.limits);
         Self {
             audit_vkey,
             keystore_ready,

@@ -122,13 +122,7 @@ impl Rig {
         };
         let (committer, storage) =
             commit::start(Arc::clone(&store), commit_cfg, 64, clock).expect("storage thread");
-        let limits = ConnLimits {
-            max_header_bytes: cfg.limits.max_header_bytes,
-            max_body_bytes: cfg.limits.max_body_bytes,
-            header_read_timeout: cfg.limits.header_read_timeout,
-            body_read_timeout: cfg.limits.body_read_timeout,
-            idle_timeout: cfg.limits.idle_timeout,
-        };
+        let limits = ConnLimits::from(&cfg.limits);
         let gw = Rc::new(Gateway::new(
             cfg,
             clock,
