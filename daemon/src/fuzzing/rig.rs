@@ -73,9 +73,11 @@ pub(crate) fn base_pki() -> crate::devpki::DevPki {
     base().pki.clone()
 }
 
-/// The producer certificate's SHA-256, as the TLS layer would report it.
+/// The producer certificate's SHA-256 as the TLS layer reports it, and as the fuzzing
+/// configuration pins it. Fixed (the dev PKI is random per process), so committed seeds carry
+/// a matching `X-Client-Cert-Sha256` and reach the checks after identity.
 pub(crate) fn producer_fingerprint() -> [u8; 32] {
-    crate::ids::parse_hex32(&base().pki.producer_pin).expect("the dev pin is hex")
+    crate::ids::sha256(b"vvgate fuzzing producer certificate")
 }
 
 struct Rig {
@@ -94,13 +96,16 @@ impl Rig {
         let state = base.dir.join(format!("state-{generation}"));
         let _ = std::fs::remove_dir_all(&state);
         std::fs::create_dir_all(&state).expect("fuzz state dir");
-        let text = crate::devpki::dev_config(&base.pki, "127.0.0.1:0", "127.0.0.1:0").replace(
-            "state_dir = \".\"",
-            &format!(
-                "state_dir = \"{}\"\nrate_limit_per_minute = 1000000",
-                state.display()
-            ),
-        );
+        let pin = crate::ids::hex32(&producer_fingerprint());
+        let text = crate::devpki::dev_config(&base.pki, "127.0.0.1:0", "127.0.0.1:0")
+            .replace(&base.pki.producer_pin, pin.as_str())
+            .replace(
+                "state_dir = \".\"",
+                &format!(
+                    "state_dir = \"{}\"\nrate_limit_per_minute = 1000000",
+                    state.display()
+                ),
+            );
         let cfg = Config::parse(&text, "fuzz.toml", &base.dir, &|_| None)
             .expect("the fuzzing configuration is valid");
         let cfg = Rc::new(cfg);
@@ -154,6 +159,21 @@ impl Drop for Rig {
     }
 }
 
+/// Telemetry nonces in the current rig's store (tests).
+#[cfg(test)]
+pub(crate) fn accepted_nonces() -> u64 {
+    RIG.with(|cell| {
+        cell.borrow().1.as_ref().map_or(0, |r| {
+            r.gw.store
+                .read()
+                .and_then(|rd| rd.nonce_count(vvgate_storage::NonceSpace::Telemetry))
+                .unwrap_or(0)
+        })
+    })
+}
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 thread_local! {
     static RIG: RefCell<(u64, Option<Rig>)> = const { RefCell::new((0, None)) };
 }
@@ -167,7 +187,8 @@ pub fn request(data: &[u8]) {
         let (generation, rig) = &mut *cell;
         if rig.as_ref().is_none_or(|r| r.runs >= RUNS_PER_STORE) {
             *rig = None;
-            *generation += 1;
+            // Unique in the process: tests run rigs on several threads at once.
+            *generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             *rig = Some(Rig::new(*generation));
         }
         let Some(rig) = rig.as_mut() else { return };

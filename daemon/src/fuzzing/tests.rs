@@ -61,6 +61,28 @@ fn checkpoint_seed_verifies_and_export_seed_is_clean() {
     assert_eq!(report.checked, 1);
 }
 
+/// The request seeds get past identity and the signature: with the forged-signature verifier
+/// the accepted seed is stored (its nonce is in the store afterwards); without it, it stops
+/// at the signature and nothing is stored.
+#[test]
+fn request_seed_reaches_the_store() {
+    let accepted = seeds::all()
+        .into_iter()
+        .find(|(t, _)| *t == "request")
+        .and_then(|(_, s)| s.into_iter().find(|(n, _)| *n == "accepted"))
+        .map(|(_, d)| d)
+        .unwrap();
+    request(b"");
+    let before = rig::accepted_nonces();
+    request(&accepted);
+    let after = rig::accepted_nonces();
+    if cfg!(feature = "fuzzing") {
+        assert_eq!(after, before + 1);
+    } else {
+        assert_eq!(after, before);
+    }
+}
+
 /// Writes the seed corpus into `$VVGATE_FUZZ_SEEDS/<target>/` (run by `fuzz/make-seeds.sh`).
 #[test]
 #[ignore = "writes files; run by fuzz/make-seeds.sh"]
