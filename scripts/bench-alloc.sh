@@ -23,7 +23,7 @@ WORK=${WORK:-$(mktemp -d /tmp/vvgate-bench-alloc.XXXXXX)}
 # Optimised but without fat LTO, so the build stays short; the same profile every time.
 cargo build --profile bench-fast -p vvgate --features alloc-count --bins --locked --quiet
 R=$PWD/target/bench-fast
-cd "$WORK"
+mkdir -p "$WORK" && cd "$WORK"
 rm -rf dev
 timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
 rm -f dev/vvgate.redb

@@ -9,6 +9,8 @@
 #
 # usage: scripts/soak.sh [MINUTES]      (default 30)
 # env:   CONNS [16]  RATE [80 % of a 10 s peak measurement]  WORK [a temp dir]
+#        PEAK_REQUESTS [15,000 per second of the peak run]
+#        PROFILE [bench-fast] (cargo profile of the binaries; `dev` for a quick trial)
 # Not part of CI. Needs nats-server (apt), openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +18,10 @@ MINUTES=${1:-30}
 CONNS=${CONNS:-16}
 WORK=${WORK:-$(mktemp -d /tmp/vvgate-soak.XXXXXX)}
 
-cargo build --profile bench-fast -p vvgate --bins --locked --quiet
-R=$PWD/target/bench-fast
-cd "$WORK"
+PROFILE=${PROFILE:-bench-fast}
+cargo build --profile "$PROFILE" -p vvgate --bins --locked --quiet
+R=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+mkdir -p "$WORK" && cd "$WORK"
 rm -rf dev nats
 timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
 rm -f dev/vvgate.redb
@@ -41,7 +44,8 @@ authorization { user: vvgate, password: "soak-pass" }
 CONF
 printf 'vvgate:soak-pass' >nats/creds && chmod 600 nats/creds
 
-sed -e 's/^mode = "dev"$/mode = "dev"\nrate_limit_per_minute = 1000000000\nqueue_backend = "nats"\nnats_url = "tls:\/\/127.0.0.1:'"$NPORT"'"/' \
+# Skew 300 s: each minute's requests are signed before the minute starts.
+sed -e 's/^mode = "dev"$/mode = "dev"\nallowed_clock_skew_seconds = 300\nrate_limit_per_minute = 1000000000\nqueue_backend = "nats"\nnats_url = "tls:\/\/127.0.0.1:'"$NPORT"'"/' \
   -e 's|^listen = "127.0.0.1:8443"|listen = "127.0.0.1:0"|' -e "s|^listen = \"127.0.0.1:9464\"|listen = \"127.0.0.1:$(free_port)\"|" \
   -e 's|^state_dir = .*|state_dir = "state"|' dev/vvgate.toml >dev/soak.toml
 cat >>dev/soak.toml <<CONF
@@ -70,7 +74,7 @@ json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -z "${RATE:-}" ]; then
-  PEAK=$(taskset -c 0 "$R/vvctl" bench "${PRODUCER[@]}" -c "$CONNS" -d 10 --warmup 2 --json | json '["rps"]')
+  PEAK=$(taskset -c 0 "$R/vvctl" bench "${PRODUCER[@]}" -c "$CONNS" -d 10 --warmup 2 --requests "${PEAK_REQUESTS:-0}" --json | json '["rps"]')
   RATE=$(python3 -c "print(round($PEAK * 0.8))")
   echo "== peak $PEAK req/s; soaking at $RATE req/s with 2 % bad requests for $MINUTES min"
 fi
