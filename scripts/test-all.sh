@@ -31,4 +31,23 @@ cargo build --workspace --bins --locked
 echo "== tests: unit, then end to end against the real vvgated"
 cargo test --workspace --locked
 
+echo "== fuzz smoke: every target builds and runs briefly on its seed corpus (about 30 s in all)"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+  cargo install cargo-fuzz --locked
+fi
+(
+  cd fuzz
+  cargo +nightly fuzz build
+  for target in $(cargo +nightly fuzz list); do
+    mkdir -p "corpus/$target"
+    cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+      -max_total_time=4 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 |
+      grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' | tr '\n' ' '
+    echo "($target)"
+  done
+)
+
 echo "== all tests passed"

@@ -138,6 +138,10 @@ pub struct Shared {
     pub spooled: event_listener::Event,
     /// Sequence number the next spool segment will get.
     pub spool_next_seq: AtomicU64,
+    /// Telemetry nonces signed before this were (or may have been) expired: such requests
+    /// are refused as stale whatever the clock says ([`Store::nonce_horizon`]). Raised before
+    /// the sweep that deletes them commits.
+    pub nonce_horizon: AtomicU64,
     /// Tree size of the newest signed checkpoint (0: none yet).
     pub checkpoint_size: AtomicU64,
     pub checkpoints_signed: AtomicU64,
@@ -325,6 +329,9 @@ pub fn start(
     let capacity = queue_depth.max(1);
     let (tx, rx) = mpsc::sync_channel(capacity);
     let shared = Arc::new(Shared::default());
+    if let Ok(h) = store.nonce_horizon(NonceSpace::Telemetry) {
+        shared.nonce_horizon.store(h, Ordering::SeqCst);
+    }
     if let Ok(r) = store.read() {
         if let Ok(s) = r.spool_stats() {
             shared.spool_count.store(s.count, Ordering::Relaxed);
@@ -364,6 +371,9 @@ struct StorageThread {
     chain: Chain,
     details: Vec<u8>,
     last_sweep: Instant,
+    /// The expiry clock's last reading (monotonic instant, µs since the epoch), from the
+    /// thread's start.
+    expiry_clock: Option<(Instant, u64)>,
     /// Envelopes of the group being committed; written as one segment.
     segment: Vec<Envelope>,
     /// Acknowledged segments to delete in the next commit.
@@ -386,6 +396,7 @@ impl StorageThread {
             chain,
             details: Vec::with_capacity(256),
             last_sweep: Instant::now(),
+            expiry_clock: Some((Instant::now(), clock.now().0)),
             segment: Vec::new(),
             releases: Vec::new(),
             unrecorded_failures: 0,
@@ -790,8 +801,11 @@ impl StorageThread {
                 }
                 after_releases(b, &self.releases, self.cfg.retention)?;
                 if sweep {
-                    let secs = now.secs();
+                    let secs = self.expiry_now(now);
                     let cutoff = secs.saturating_sub(self.cfg.nonce_retention_secs);
+                    self.shared
+                        .nonce_horizon
+                        .fetch_max(cutoff, Ordering::SeqCst);
                     b.expire_nonces(NonceSpace::Telemetry, cutoff)?;
                     let cutoff = secs.saturating_sub(self.cfg.federation_nonce_retention_secs);
                     b.expire_nonces(NonceSpace::Federation, cutoff)?;
@@ -843,6 +857,24 @@ impl StorageThread {
                 }
             }
         }
+    }
+
+    /// "Now" for nonce expiry, in seconds: the wall clock, but never advancing faster than the
+    /// monotonic clock since the last reading. A wall clock stepped forward therefore does not
+    /// expire nonces early (which, once it stepped back, would make their requests fresh and
+    /// their nonces unknown); one stepped back is followed at once (expiring later is safe).
+    fn expiry_now(&mut self, wall: crate::time::Micros) -> u64 {
+        let mono = Instant::now();
+        let t = match self.expiry_clock {
+            Some((at, last)) => {
+                let elapsed =
+                    u64::try_from(mono.duration_since(at).as_micros()).unwrap_or(u64::MAX);
+                wall.0.min(last.saturating_add(elapsed))
+            }
+            None => wall.0,
+        };
+        self.expiry_clock = Some((mono, t));
+        t / 1_000_000
     }
 
     /// Record, once storage works again, that earlier requests were refused because it did not.

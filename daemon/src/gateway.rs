@@ -798,13 +798,7 @@ impl Service for Ops {
 }
 
 fn conn_limits(cfg: &Config) -> ConnLimits {
-    ConnLimits {
-        max_header_bytes: cfg.limits.max_header_bytes,
-        max_body_bytes: cfg.limits.max_body_bytes,
-        header_read_timeout: cfg.limits.header_read_timeout,
-        body_read_timeout: cfg.limits.body_read_timeout,
-        idle_timeout: cfg.limits.idle_timeout,
-    }
+    ConnLimits::from(&cfg.limits)
 }
 
 /// Decrements the open-connection count when a connection task ends, and forgets the

@@ -6,6 +6,11 @@
 //! evidence blobs under the key store's KEK. `audit`, `control` and `metrics` observe that path; `json`, `time` and `ids` are shared
 //! building blocks.
 
+#[cfg(all(feature = "fuzzing", not(debug_assertions)))]
+compile_error!(
+    "the `fuzzing` feature accepts forged signatures: it builds only with debug assertions"
+);
+
 pub mod audit;
 pub mod cli;
 pub mod client;
@@ -20,7 +25,10 @@ pub mod exit;
 pub mod federation;
 pub mod feedback;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
+pub mod heap;
 pub mod http;
 pub mod ids;
 pub mod ingest;

@@ -89,6 +89,25 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        if let Some((allocations, bytes)) = crate::heap::totals() {
+            for (name, help, value) in [
+                (
+                    "vvgate_heap_allocations_total",
+                    "Heap allocations and reallocations, all threads (alloc-count builds).",
+                    allocations,
+                ),
+                (
+                    "vvgate_heap_allocated_bytes_total",
+                    "Bytes allocated on the heap, all threads (alloc-count builds).",
+                    bytes,
+                ),
+            ] {
+                let _ = writeln!(
+                    s,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+                );
+            }
+        }
         for (name, help, value) in gauges {
             let _ = writeln!(
                 s,

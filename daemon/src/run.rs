@@ -223,6 +223,17 @@ fn ensure_state_dir(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Read the test seam's step file (a signed number of seconds); a missing or bad file leaves
+/// the step as it was.
+fn read_clock_step(path: &Path) {
+    if let Some(step) = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<i64>().ok())
+    {
+        crate::time::set_step(step);
+    }
+}
+
 /// The database file in a state directory.
 pub fn database_path(state_dir: &Path) -> PathBuf {
     state_dir.join("vvgate.redb")
@@ -266,7 +277,19 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
         &database_path(&cfg.state_dir),
         cfg.storage_cache_bytes,
     )?);
-    let clock = Clock::system();
+    // The test seam for the wall clock: dev mode only, never in production.
+    let clock_file = (cfg.mode == crate::config::Mode::Dev)
+        .then(|| std::env::var_os(crate::time::TEST_CLOCK_ENV))
+        .flatten()
+        .map(PathBuf::from);
+    let clock = match &clock_file {
+        Some(path) => {
+            read_clock_step(path);
+            tracing::warn!(path = %path.display(), "the clock follows a test step file (dev mode)");
+            Clock::stepped()
+        }
+        None => Clock::system(),
+    };
     let commit_cfg = CommitConfig {
         max_requests: cfg.group_commit_max_requests,
         max_delay: cfg.group_commit_max_delay,
@@ -435,6 +458,15 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
             .detach();
         ex.spawn(gateway::tls_reject_flusher(Rc::clone(&gw)))
             .detach();
+        if let Some(path) = clock_file.clone() {
+            ex.spawn(async move {
+                loop {
+                    smol::Timer::after(Duration::from_millis(100)).await;
+                    read_clock_step(&path);
+                }
+            })
+            .detach();
+        }
         ex.spawn(crate::control::serve(
             Rc::clone(&gw),
             Rc::clone(&ex),

@@ -3,6 +3,7 @@
 //! Every decision that depends on time (skew, nonce expiry, rate windows, audit timestamps)
 //! reads it through [`Clock`], so tests can step the clock without touching the host's.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch.
@@ -16,10 +17,25 @@ impl Micros {
     }
 }
 
-/// The gateway clock: the system clock plus a fixed offset (zero outside tests).
+/// The gateway clock: the system clock plus a fixed offset (zero outside tests), plus the
+/// step of the dev-mode test seam when enabled.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Clock {
     offset_secs: i64,
+    step: Option<&'static AtomicI64>,
+}
+
+/// Seconds the test seam moves the clock by (see [`Clock::stepped`]).
+static STEP: AtomicI64 = AtomicI64::new(0);
+
+/// The environment variable naming the test seam's file (dev mode only): the file holds a
+/// signed number of seconds to add to the wall clock, re-read every 100 ms, so tests can step
+/// the gateway's clock back and forward without touching the host's.
+pub const TEST_CLOCK_ENV: &str = "VVGATE_DEV_CLOCK_STEP_FILE";
+
+/// Set the test seam's step (seconds).
+pub fn set_step(secs: i64) {
+    STEP.store(secs, Ordering::Relaxed);
 }
 
 impl Clock {
@@ -29,7 +45,18 @@ impl Clock {
 
     /// A clock shifted by `offset_secs` from the system clock (test seam).
     pub fn with_offset(offset_secs: i64) -> Self {
-        Self { offset_secs }
+        Self {
+            offset_secs,
+            step: None,
+        }
+    }
+
+    /// The system clock moved by the test seam's step ([`set_step`]). Dev mode only.
+    pub fn stepped() -> Self {
+        Self {
+            offset_secs: 0,
+            step: Some(&STEP),
+        }
     }
 
     pub fn now(&self) -> Micros {
@@ -38,7 +65,9 @@ impl Clock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let shifted = i128::from(micros) + i128::from(self.offset_secs) * 1_000_000;
+        let step = self.step.map_or(0, |s| s.load(Ordering::Relaxed));
+        let shifted =
+            i128::from(micros) + (i128::from(self.offset_secs) + i128::from(step)) * 1_000_000;
         Micros(u64::try_from(shifted.max(0)).unwrap_or(u64::MAX))
     }
 }

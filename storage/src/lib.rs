@@ -67,6 +67,24 @@ const META_SPOOL_STATS: &str = "spool_stats";
 const META_AUDIT_RETENTION: &str = "audit_retention";
 const META_KILL_SWITCH: &str = "kill_switch";
 
+impl NonceSpace {
+    /// The meta row holding the space's expiry horizon (u64, big-endian).
+    fn horizon_key(self) -> &'static str {
+        match self {
+            NonceSpace::Telemetry => "nonce_horizon",
+            NonceSpace::Federation => "fed_nonce_horizon",
+        }
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Result<u64, StorageError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StorageError::Corrupt {
+        what: "nonce horizon",
+        detail: format!("{} bytes instead of 8", bytes.len()),
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
 /// A storage failure. Every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -330,6 +348,16 @@ impl Store {
         })
     }
 
+    /// The space's expiry horizon: every nonce with a signed timestamp below it may have been
+    /// deleted, so a request signed before it must be refused whatever the clock says (a
+    /// clock stepped back would otherwise make its nonce usable again). 0 before any expiry.
+    pub fn nonce_horizon(&self, space: NonceSpace) -> Result<u64, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(space.horizon_key())?;
+        v.map_or(Ok(0), |v| decode_u64(v.value()))
+    }
+
     /// Look a nonce up (check step 15). One short read transaction.
     pub fn nonce_get(
         &self,
@@ -472,12 +500,21 @@ impl<'t> Batch<'t> {
         Ok(self.claims.remove(key)?.is_some())
     }
 
-    /// Delete every nonce whose signed timestamp is below `before_ts`. Returns how many.
+    /// Delete every nonce whose signed timestamp is below `before_ts`, and raise the space's
+    /// horizon ([`Store::nonce_horizon`]) to it (it never goes down). Returns how many.
     pub fn expire_nonces(
         &mut self,
         space: NonceSpace,
         before_ts: u64,
     ) -> Result<u64, StorageError> {
+        let horizon = match self.meta.get(space.horizon_key())? {
+            Some(v) => decode_u64(v.value())?,
+            None => 0,
+        };
+        if before_ts > horizon {
+            self.meta
+                .insert(space.horizon_key(), before_ts.to_be_bytes().as_slice())?;
+        }
         let mut upper = [0u8; 24];
         upper[..8].copy_from_slice(&before_ts.to_be_bytes());
         let mut n = 0u64;

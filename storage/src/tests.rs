@@ -91,6 +91,13 @@ fn nonce_insert_lookup_and_expiry() {
         .batch(|b| b.expire_nonces(NonceSpace::Telemetry, 105))
         .unwrap();
     assert_eq!(removed, 5);
+    // The horizon follows the highest expiry, per space, and never goes down.
+    assert_eq!(store.nonce_horizon(NonceSpace::Telemetry).unwrap(), 105);
+    assert_eq!(store.nonce_horizon(NonceSpace::Federation).unwrap(), 0);
+    store
+        .batch(|b| b.expire_nonces(NonceSpace::Telemetry, 50))
+        .unwrap();
+    assert_eq!(store.nonce_horizon(NonceSpace::Telemetry).unwrap(), 105);
     assert_eq!(
         store
             .nonce_get(NonceSpace::Telemetry, &nonce_key(104, "nonce-1"))

@@ -30,6 +30,10 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     vvgate::logging::init();
+    if cfg!(feature = "fuzzing") {
+        eprintln!("vvgated: this build has the `fuzzing` feature (forged signatures verify); refusing to start");
+        return ExitCode::from(vvgate::exit::USAGE);
+    }
     let config_path = if args.dev {
         match devpki::ensure_dev_dir(&args.dev_dir, "127.0.0.1:8443", "127.0.0.1:9464") {
             Ok((path, created)) => {

@@ -51,6 +51,19 @@ pub struct BenchArgs {
     /// handshake (where the TLS key's signature is made: in memory or in the token).
     #[arg(long)]
     pub handshakes: bool,
+    /// Total requests per second to aim at, spread over the connections (0: as fast as the
+    /// gateway answers).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Percentage of bad requests mixed in, of every kind in turn: a bad signature, a stale
+    /// timestamp, a replayed nonce, an unknown service identity, a body that fails the schema.
+    /// Their refusals are expected; only 5xx answers and transport errors fail the run.
+    #[arg(long, default_value_t = 0)]
+    pub bad_percent: u32,
+    /// The gateway's ops listener, for its heap counters (a gateway built with the
+    /// `alloc-count` feature; default: `ops.listen` of the configuration).
+    #[arg(long)]
+    pub ops: Option<std::net::SocketAddr>,
 }
 
 const NONCE_MARK: &str = "ffffffff-ffff-4fff-bfff-fffffffffffe";
@@ -124,6 +137,67 @@ fn presign(t: &ProducerTarget, tpl: &Template, n: usize) -> Vec<Vec<u8>> {
     })
 }
 
+/// Replace `percent`% of `reqs` with bad requests, one kind after another. A replay repeats
+/// the request `conns` places earlier, which the same connection has sent before. Returns
+/// how many were replaced.
+fn mix_bad(
+    t: &ProducerTarget,
+    tpl: &Template,
+    reqs: &mut [Vec<u8>],
+    percent: u32,
+    conns: usize,
+) -> usize {
+    if percent == 0 {
+        return 0;
+    }
+    let every = usize::try_from(100 / percent.clamp(1, 50)).unwrap_or(50);
+    let mut rng = crate::ids::Random::new();
+    let mut n = 0;
+    for i in (every..reqs.len()).step_by(every) {
+        let nonce = crate::ids::uuid_text(&rng.uuid_v4());
+        let ts = crate::time::Clock::system().now().secs();
+        let kind = n % 5;
+        reqs[i] = match kind {
+            // A signature over other bytes.
+            0 => {
+                let body = tpl.fill(&ts.to_string(), &nonce);
+                let mut r = t.producer.request(&t.host, ts, &nonce, &body, None);
+                let last = r.len() - 2;
+                r[last] ^= 0x01;
+                r
+            }
+            // Signed an hour ago.
+            1 => {
+                let old = ts.saturating_sub(3600);
+                let body = tpl.fill(&old.to_string(), &nonce);
+                t.producer.request(&t.host, old, &nonce, &body, None)
+            }
+            // The request this connection sent `conns` requests ago.
+            2 if i >= conns => reqs[i - conns].clone(),
+            // A service identity nobody pinned (same length, so the framing is unchanged).
+            3 | 2 => {
+                let body = tpl.fill(&ts.to_string(), &nonce);
+                let r = t.producer.request(&t.host, ts, &nonce, &body, None);
+                let text = String::from_utf8_lossy(&r).into_owned();
+                match text.find("X-Service-Identity: ") {
+                    Some(at) => {
+                        let mut r = r;
+                        r[at + 20] = if r[at + 20] == b'z' { b'y' } else { b'z' };
+                        r
+                    }
+                    None => r,
+                }
+            }
+            // Signed, but not a telemetry request.
+            _ => t
+                .producer
+                .request(&t.host, ts, &nonce, b"{\"not\":\"telemetry\"}", None),
+        };
+        n += 1;
+    }
+    n
+}
+
 /// utime+stime in seconds, and current/peak RSS in KiB.
 fn proc_stats(pid: u32) -> Option<(f64, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -193,6 +267,30 @@ fn status(w: &Where) -> Option<serde_json::Value> {
     serde_json::from_str(lines.first()?).ok()
 }
 
+/// The gateway's heap counters (`alloc-count` builds) from `/metrics` on its ops listener.
+fn heap_totals(ops: Option<std::net::SocketAddr>) -> Option<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect_timeout(&ops?, Duration::from_secs(2)).ok()?;
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((
+        value("vvgate_heap_allocations_total")?,
+        value("vvgate_heap_allocated_bytes_total")?,
+    ))
+}
+
 struct ThreadResult {
     latencies_us: Vec<u32>,
     statuses: BTreeMap<u16, u64>,
@@ -222,6 +320,10 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     if args.handshakes {
         return handshakes(&t, pid, args);
     }
+    let ops = args
+        .ops
+        .or_else(|| w.load().ok().flatten().map(|c| c.ops_listen))
+        .filter(|a| a.port() != 0);
     let conns = args.connections.max(1);
     let total = if args.requests > 0 {
         args.requests
@@ -234,6 +336,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let reference = reference_verify_us(&t, &tpl);
     let build = Instant::now();
     let mut reqs = presign(&t, &tpl, total);
+    let bad = mix_bad(&t, &tpl, &mut reqs, args.bad_percent, conns);
     eprintln!(
         "vvctl bench: pre-signed {} requests in {:.1} s; {} connections, {:.1} s warm-up, {:.1} s measured",
         reqs.len(),
@@ -262,6 +365,8 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let stop = Arc::new(AtomicBool::new(false));
     let warm = Duration::from_secs_f64(args.warmup);
     let mut handles = Vec::new();
+    #[allow(clippy::cast_precision_loss)]
+    let gap = (args.rate > 0.0).then(|| Duration::from_secs_f64(conns as f64 / args.rate));
     for list in per_conn {
         let (t, barrier, stop) = (Arc::clone(&t), Arc::clone(&barrier), Arc::clone(&stop));
         handles.push(std::thread::spawn(move || {
@@ -282,9 +387,15 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 return res;
             };
             let start = Instant::now();
-            for req in list {
+            for (k, req) in list.into_iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {
                     break;
+                }
+                if let Some(gap) = gap {
+                    let due = start + gap * u32::try_from(k).unwrap_or(u32::MAX);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
                 }
                 let t0 = Instant::now();
                 match conn.send(&req) {
@@ -316,12 +427,14 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     barrier.wait();
     std::thread::sleep(warm);
     let cpu0 = pid.and_then(proc_stats);
+    let heap0 = heap_totals(ops);
     let acked0 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let measured_start = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(args.duration));
     stop.store(true, Ordering::Relaxed);
     let measured = measured_start.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(proc_stats);
+    let heap1 = heap_totals(ops);
     let acked1 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let mut lat = Vec::new();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
@@ -371,6 +484,16 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
         (Some((c0, _, _)), Some((c1, _, _))) => (c1 - c0) / measured * 100.0,
         _ => 0.0,
     };
+    // Heap allocations per accepted request over the measured window (all gateway threads:
+    // event loop, storage, forwarder).
+    #[allow(clippy::cast_precision_loss)]
+    let heap = match (heap0, heap1) {
+        (Some((a0, b0)), Some((a1, b1))) if ok > 0 => Some((
+            a1.saturating_sub(a0) as f64 / ok as f64,
+            b1.saturating_sub(b0) as f64 / ok as f64,
+        )),
+        _ => None,
+    };
     let load_after = loadavg();
     // With a queue: how far behind the forwarder was, and how long the spool takes to empty.
     let queue = match (acked0, acked1) {
@@ -397,7 +520,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     };
     if args.json {
         println!(
-            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{}}}",
+            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{},\"heap_allocs_per_request\":{},\"heap_bytes_per_request\":{},\"bad_mixed\":{bad},\"statuses\":{}}}",
             args.idle,
             pct(0.5),
             pct(0.99),
@@ -405,6 +528,9 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             queue.map_or("null".to_owned(), |q| format!("{:.1}", q.0)),
             queue.map_or("null".to_owned(), |q| q.1.to_string()),
             queue.and_then(|q| q.2).map_or("null".to_owned(), |d| format!("{d:.3}")),
+            heap.map_or("null".to_owned(), |h| format!("{:.2}", h.0)),
+            heap.map_or("null".to_owned(), |h| format!("{:.0}", h.1)),
+            serde_json::to_string(&statuses).unwrap_or_default(),
         );
     } else {
         let status_list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
@@ -440,9 +566,19 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 drained.map_or_else(|| "more than 60 s".to_owned(), |d| format!("{d:.2} s"))
             );
         }
+        if let Some((allocs, bytes)) = heap {
+            println!(
+                "heap        {allocs:.2} allocations, {bytes:.0} bytes per accepted request (gateway, all threads)"
+            );
+        }
         println!("load        {load_before} -> {load_after}");
     }
-    if ok == 0 || errors > 0 || statuses.keys().any(|&s| s != 202) {
+    let unexpected = if bad > 0 {
+        statuses.keys().any(|&s| s >= 500)
+    } else {
+        statuses.keys().any(|&s| s != 202)
+    };
+    if ok == 0 || errors > 0 || unexpected {
         return Err(CliError::Failed(format!(
             "not every request was accepted: statuses {statuses:?}, errors {errors}"
         )));

@@ -49,6 +49,18 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
 }
 
+impl From<&crate::config::Limits> for ConnLimits {
+    fn from(l: &crate::config::Limits) -> Self {
+        Self {
+            max_header_bytes: l.max_header_bytes,
+            max_body_bytes: l.max_body_bytes,
+            header_read_timeout: l.header_read_timeout,
+            body_read_timeout: l.body_read_timeout,
+            idle_timeout: l.idle_timeout,
+        }
+    }
+}
+
 /// What a listener does with requests. Responses put their body into `body`.
 pub trait Service {
     /// Per-connection scratch state, reused for every request on the connection.

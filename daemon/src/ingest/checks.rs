@@ -137,15 +137,30 @@ pub(crate) fn verify_signature(
     msg.push(b'.');
     msg.extend_from_slice(body);
     for key in keys.valid_at(now) {
-        if UnparsedPublicKey::new(&ED25519, key)
-            .verify(msg, sig)
-            .is_ok()
-        {
+        if ed25519_verify(key, msg, sig) {
             signed.key = *key;
             return Ok(());
         }
     }
     Err(Rejection::SignatureInvalid)
+}
+
+/// Ed25519 over the raw message (ring).
+#[cfg(not(feature = "fuzzing"))]
+fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// The fuzzing build's verifier: NO SECURITY. A signature "verifies" when its first byte is
+/// zero, so fuzz input reaches the checks after the signature; any other signature fails, so
+/// the refusal path stays reachable too. `lib.rs` refuses this feature in optimised builds
+/// without debug assertions, and `vvgated` refuses to start with it.
+#[cfg(feature = "fuzzing")]
+fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    let _ = (key, msg, UnparsedPublicKey::new(&ED25519, key));
+    sig.first() == Some(&0)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub mod rate;
 mod reject;
 pub mod replay;
 
+use std::sync::atomic::Ordering::SeqCst;
+
 use vvgate_storage::{nonce_key, EnvelopeKind, NonceRecord, NonceSpace, Route};
 
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
@@ -184,6 +186,12 @@ pub async fn telemetry(
     let _claim = gw.inflight.claim(key).await;
     let body_sha256 = ids::sha256(body);
     match gw.store.nonce_get(NonceSpace::Telemetry, &key) {
+        // Read after the lookup: a sweep raises the horizon before its deletions commit.
+        Ok(None) if signed.ts < gw.committer.shared.nonce_horizon.load(SeqCst) => {
+            return gw
+                .refuse(&ctx, Rejection::TimestampOutsideSkew.into(), out)
+                .await;
+        }
         Ok(None) => {}
         Ok(Some(rec)) => return gw.resend(&ctx, rec, body_sha256, out).await,
         Err(e) => {

@@ -42,7 +42,7 @@ pub struct ServerInfo {
     pub nonce: Option<String>,
 }
 
-fn parse_info(json: &[u8]) -> Result<ServerInfo, NatsError> {
+pub(crate) fn parse_info(json: &[u8]) -> Result<ServerInfo, NatsError> {
     let mut tape = Tape::new();
     let doc = tape
         .parse(json)
