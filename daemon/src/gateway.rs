@@ -700,14 +700,18 @@ impl Service for Producer {
                 .refuse(&ctx, Rejection::KillSwitchEngaged.into(), body)
                 .await;
         }
-        match path(head, buf) {
+        let started = std::time::Instant::now();
+        let r = match path(head, buf) {
             FEDERATION => crate::federation::verify(&self.0, st, conn, head, buf, span, body).await,
             GRAPH => {
                 crate::feedback::execution_graph(&self.0, st, conn, head, buf, span, body).await
             }
             FEEDBACK => crate::feedback::query(&self.0, st, conn, head, buf, span, body).await,
             _ => ingest::telemetry(&self.0, st, conn, head, buf, span, body).await,
-        }
+        };
+        gw.metrics
+            .observe_latency(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        r
     }
 }
 

@@ -14,7 +14,17 @@ pub struct Metrics {
     pub connections_refused: Cell<u64>,
     pub reloads: Cell<u64>,
     pub reloads_rejected: Cell<u64>,
+    /// Handling time of producer requests with a body (read → answer ready, the group commit
+    /// included), by upper bound in [`LATENCY_BOUNDS_US`]; the last slot is `+Inf`.
+    latency: RefCell<[u64; LATENCY_BOUNDS_US.len() + 1]>,
+    latency_sum_us: Cell<u64>,
 }
+
+/// Upper bounds of the latency histogram's buckets, in microseconds.
+pub const LATENCY_BOUNDS_US: [u64; 12] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+    5_000_000,
+];
 
 impl Metrics {
     pub fn count(&self, status: u16, reason: &'static str) {
@@ -23,6 +33,19 @@ impl Metrics {
             .borrow_mut()
             .entry((status, reason))
             .or_default() += 1;
+    }
+
+    /// One producer request handled in `us` microseconds.
+    pub fn observe_latency(&self, us: u64) {
+        let slot = LATENCY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BOUNDS_US.len());
+        if let Some(n) = self.latency.borrow_mut().get_mut(slot) {
+            *n += 1;
+        }
+        self.latency_sum_us
+            .set(self.latency_sum_us.get().saturating_add(us));
     }
 
     pub fn tls_rejected(&self, reason: &'static str) {
@@ -52,6 +75,36 @@ impl Metrics {
                 escape(reason)
             );
         }
+        s.push_str("# HELP vvgate_request_duration_seconds Handling time of producer requests with a body, from the body read to the answer (the group commit included).\n");
+        s.push_str("# TYPE vvgate_request_duration_seconds histogram\n");
+        let buckets = *self.latency.borrow();
+        let mut cumulative = 0u64;
+        for (i, n) in buckets.iter().enumerate() {
+            cumulative += n;
+            match LATENCY_BOUNDS_US.get(i) {
+                Some(b) => {
+                    let _ = writeln!(
+                        s,
+                        "vvgate_request_duration_seconds_bucket{{le=\"{}.{:06}\"}} {cumulative}",
+                        b / 1_000_000,
+                        b % 1_000_000
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        "vvgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+                    );
+                }
+            }
+        }
+        let sum = self.latency_sum_us.get();
+        let _ = writeln!(
+            s,
+            "vvgate_request_duration_seconds_sum {}.{:06}\nvvgate_request_duration_seconds_count {cumulative}",
+            sum / 1_000_000,
+            sum % 1_000_000
+        );
         s.push_str(
             "# HELP vvgate_tls_handshake_failures_total Refused TLS handshakes by reason.\n",
         );
@@ -120,4 +173,29 @@ impl Metrics {
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn latency_histogram_is_cumulative_with_sum_and_count() {
+        let m = Metrics::default();
+        m.observe_latency(400);
+        m.observe_latency(1_500);
+        m.observe_latency(9_000_000);
+        let text = m.render(&[]);
+        for line in [
+            "vvgate_request_duration_seconds_bucket{le=\"0.000500\"} 1\n",
+            "vvgate_request_duration_seconds_bucket{le=\"0.001000\"} 1\n",
+            "vvgate_request_duration_seconds_bucket{le=\"0.002000\"} 2\n",
+            "vvgate_request_duration_seconds_bucket{le=\"5.000000\"} 2\n",
+            "vvgate_request_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "vvgate_request_duration_seconds_sum 9.001900\n",
+            "vvgate_request_duration_seconds_count 3\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
 }

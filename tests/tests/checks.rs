@@ -69,6 +69,14 @@ fn valid_event_is_accepted_spooled_and_audited() {
     let id = v["request_id"].as_str().unwrap();
     assert_eq!(r.header("x-request-id"), Some(id));
     assert_eq!(r.header("content-type"), Some("application/json"));
+    // The request is in the latency histogram (one observation, in every bucket up to +Inf).
+    let m = g.ops_get("/metrics").body_text();
+    assert!(
+        m.contains("vvgate_request_duration_seconds_count 1\n")
+            && m.contains("vvgate_request_duration_seconds_bucket{le=\"+Inf\"} 1\n")
+            && m.contains("vvgate_request_duration_seconds_bucket{le=\"5.000000\"} 1\n"),
+        "{m}"
+    );
 
     // One ingest envelope whose integrity hash a consumer can recompute.
     let spool = g.spool();
