@@ -379,29 +379,8 @@ impl Gateway {
 /// Run `vvgated --config PATH` expecting it to exit by itself (a start-up refusal); returns
 /// (exit code, stderr).
 pub fn vvgated_exit(config: &Path, secs: u64) -> (i32, String) {
-    let mut child = Command::new(bin("vvgated"))
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vvgated");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status.code().unwrap_or(-1), err);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vvgated kept running; expected a start-up refusal");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let config = config.display().to_string();
+    vvgated_exit_env(&["--config", &config], &[], secs)
 }
 
 /// Run `vvctl`.
