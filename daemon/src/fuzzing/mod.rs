@@ -1,8 +1,9 @@
 //! Entry points for the fuzz targets in `fuzz/` (one call each). Every parser that reads bytes
 //! from outside is reachable from here: the HTTP/1.1 head and body framing, a whole request
 //! through the check chain, the payload schema and MITRE catalogue, the config file, the redb
-//! record encodings, the NATS protocol, the checkpoint and signed-note parser, and the audit
-//! export reader.
+//! record encodings, the NATS protocol, the checkpoint and signed-note parser, the audit
+//! export reader, the bodies of the federation and cognitive routes, the values of the
+//! cluster's nonce bucket, and evidence envelopes.
 //!
 //! Each entry point must return normally on any input: a panic, a hang or unbounded memory is
 //! a bug in the parser it reaches. Invariants that must hold for any input are asserted here,
@@ -353,6 +354,145 @@ pub fn audit_export(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = crate::audit::query::start_of(&v);
         let _ = Inclusion::from_json(&v);
+    }
+}
+
+/// The bodies of the other producer routes: a federation bundle (schema, then its
+/// proof-of-origin string and signature check), an execution graph (model and size limits)
+/// and a feedback query, each parsed from the same JSON document.
+pub fn service_bodies(data: &[u8]) {
+    use crate::schema::service::{
+        graph_shape, parse_execution_graph, parse_federation, parse_feedback_query,
+    };
+    let mut tape = Tape::new();
+    let Ok(doc) = tape.parse(data) else {
+        return;
+    };
+    if let Ok(bundle) = parse_federation(&doc) {
+        let mut msg = Vec::new();
+        crate::federation::signed_string(&bundle, &mut msg);
+        // Five fields joined by four separators.
+        assert!(
+            msg.iter().filter(|&&b| b == b'|').count() >= 4,
+            "signed string"
+        );
+        let _ = crate::ingest::checks::parse_epoch(bundle.timestamp);
+        let key = checkpoint_key().key;
+        let _ = crate::federation::proof_of_origin(&bundle.signature, &msg, &key);
+    }
+    if let Ok(graph) = parse_execution_graph(&doc) {
+        let _ = crate::ingest::checks::parse_epoch(graph.timestamp);
+        if let Ok(shape) = graph_shape(&doc, graph.graph, 64, 64) {
+            assert!(shape.nodes.is_none_or(|n| n <= 64), "nodes over the limit");
+            assert!(shape.edges.is_none_or(|n| n <= 64), "edges over the limit");
+        }
+    }
+    if let Ok(q) = parse_feedback_query(&doc) {
+        let _ = crate::ingest::checks::parse_epoch(q.timestamp);
+    }
+}
+
+/// A value read from the cluster's nonce bucket (written by any client of the bucket): it
+/// parses or is refused with a reason, and what parses encodes back to itself.
+pub fn kv_value(data: &[u8]) {
+    match crate::cluster::value::parse(data) {
+        Ok(v) => {
+            let mut out = Vec::new();
+            crate::cluster::value::encode(&v.record, &v.appliance, &mut out);
+            let back = crate::cluster::value::parse(&out).expect("an encoded value parses");
+            assert_eq!(back, v, "a bucket value changed in a round trip");
+        }
+        Err(reason) => assert!(!reason.is_empty(), "a refusal without a reason"),
+    }
+}
+
+/// The tenant, key ids and root key the evidence seeds are sealed for.
+pub const EVIDENCE_TENANT: &str = "10000000-0000-0000-0000-000000000001";
+pub const EVIDENCE_KEK_ID: &str = "vv-evidence-kek-fuzz";
+pub const EVIDENCE_V1_ROOT_ID: &str = "vv-evidence-root-v1";
+pub const EVIDENCE_V1_ROOT: [u8; 32] = [b'A'; 32];
+
+/// A KEK with a fixed key, through the trait the key stores implement.
+pub struct FuzzKek;
+
+impl FuzzKek {
+    fn key() -> ring::aead::LessSafeKey {
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[0x55; 32])
+            .expect("a 32-byte AES key");
+        ring::aead::LessSafeKey::new(unbound)
+    }
+}
+
+impl vvgate_hsm::Kek for FuzzKek {
+    fn seal_dek(
+        &self,
+        dek: &[u8; 32],
+        aad: &[u8],
+    ) -> Result<vvgate_hsm::SealedDek, vvgate_hsm::HsmError> {
+        let iv = [0x66; 12];
+        let ct = crate::evidence::seal_data(&[0x55; 32], iv, aad, dek);
+        let ct = ct
+            .try_into()
+            .map_err(|_| vvgate_hsm::HsmError::AuthenticationFailed)?;
+        Ok(vvgate_hsm::SealedDek { iv, ct })
+    }
+
+    fn open_dek(
+        &self,
+        sealed: &vvgate_hsm::SealedDek,
+        aad: &[u8],
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, vvgate_hsm::HsmError> {
+        let mut buf = sealed.ct;
+        let plain = Self::key()
+            .open_in_place(
+                ring::aead::Nonce::assume_unique_for_key(sealed.iv),
+                ring::aead::Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| vvgate_hsm::HsmError::AuthenticationFailed)?;
+        let dek: [u8; 32] = (&*plain)
+            .try_into()
+            .map_err(|_| vvgate_hsm::HsmError::AuthenticationFailed)?;
+        Ok(zeroize::Zeroizing::new(dek))
+    }
+}
+
+/// Evidence envelopes: the input as an envelope (v2 with the fuzzing KEK, v1 with the fuzzing
+/// root key, for the tenant it names, so seeds reach decryption); and the input as a blob,
+/// which must open to itself after sealing.
+pub fn evidence(data: &[u8]) {
+    use crate::evidence::{open, open_v1, seal};
+    if let Ok(env) = serde_json::from_slice::<serde_json::Value>(data) {
+        let tenant = env
+            .get("tenant_id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(EVIDENCE_TENANT);
+        let kek: std::sync::Arc<dyn vvgate_hsm::Kek> = std::sync::Arc::new(FuzzKek);
+        let blob = env.get("blob_id").and_then(serde_json::Value::as_str);
+        let _ = open(&env, tenant, blob, &|id| {
+            (id == EVIDENCE_KEK_ID).then(|| std::sync::Arc::clone(&kek))
+        });
+        let _ = open_v1(&env, tenant, EVIDENCE_V1_ROOT_ID, &EVIDENCE_V1_ROOT);
+    }
+    let mut counter = 0u8;
+    let mut random = |out: &mut [u8]| {
+        counter = counter.wrapping_add(1);
+        out.fill(counter);
+    };
+    if let Ok(env) = seal(
+        &FuzzKek,
+        EVIDENCE_KEK_ID,
+        EVIDENCE_TENANT,
+        "blob-1",
+        data,
+        &mut random,
+    ) {
+        let plain = open(&env, EVIDENCE_TENANT, Some("blob-1"), &|id| {
+            (id == EVIDENCE_KEK_ID)
+                .then(|| std::sync::Arc::new(FuzzKek) as std::sync::Arc<dyn vvgate_hsm::Kek>)
+        })
+        .expect("a sealed blob opens");
+        assert_eq!(&plain[..], data, "a blob changed in a seal/open round trip");
     }
 }
 

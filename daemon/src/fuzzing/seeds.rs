@@ -11,6 +11,8 @@ use crate::audit::checkpoint::{self, Checkpoint};
 /// The contract's producer request body (CONTRACT.md §13.1), signed for [`super::rig::NOW`].
 pub const BODY: &[u8] = include_bytes!("../../tests/data/producer-request.json");
 const NONCE: &str = "3f1c2a9e-0000-4000-8000-000000000001";
+const GRAPH_NONCE: &str = "3f1c2a9e-0000-4000-8000-000000000003";
+const QUERY_NONCE: &str = "3f1c2a9e-0000-4000-8000-000000000004";
 
 /// A signature the fuzzing verifier accepts (64 zero bytes) and one it refuses.
 const FORGED_OK: &str =
@@ -20,9 +22,15 @@ const FORGED_BAD: &str =
 
 /// A telemetry request as the producer sends it (no read-size prefix).
 pub fn telemetry_request(body: &[u8], nonce: &str, signature: &str, close: bool) -> Vec<u8> {
+    producer_request("/internal/v1/telemetry", body, nonce, signature, close)
+}
+
+/// A signed producer request to `path` (the telemetry headers; the cognitive routes use them
+/// too).
+fn producer_request(path: &str, body: &[u8], nonce: &str, signature: &str, close: bool) -> Vec<u8> {
     let pin = crate::ids::hex32(&super::rig::producer_fingerprint());
     let mut r = format!(
-        "POST /internal/v1/telemetry HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nX-Service-Identity: {}\r\nX-Client-Cert-Sha256: {}\r\n\
          X-Telemetry-Timestamp: {}\r\nX-Telemetry-Nonce: {nonce}\r\nX-Telemetry-Signature: {signature}\r\n",
         body.len(),
@@ -67,6 +75,9 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
         ("nats", nats()),
         ("checkpoint", checkpoints()),
         ("audit_export", audit_export()),
+        ("service_bodies", service_bodies()),
+        ("kv_value", kv_values()),
+        ("evidence", evidence()),
     ]
 }
 
@@ -118,6 +129,36 @@ fn request() -> Seeds {
             whole(&telemetry_request(BODY, NONCE, FORGED_BAD, true)),
         ),
         ("trickled", chunked(&[3, 0, 9, 1], &ok)),
+        (
+            "execution-graph",
+            whole(&producer_request(
+                "/internal/v1/cognitive/execution-graph",
+                &graph_body(GRAPH_NONCE),
+                GRAPH_NONCE,
+                FORGED_OK,
+                true,
+            )),
+        ),
+        (
+            "feedback-query",
+            whole(&producer_request(
+                "/internal/v1/cognitive/feedback/adjustments/query",
+                &query_body(QUERY_NONCE),
+                QUERY_NONCE,
+                FORGED_OK,
+                true,
+            )),
+        ),
+        (
+            "federation",
+            whole(&producer_request(
+                "/internal/v1/federation/verify",
+                &bundle_body(),
+                NONCE,
+                FORGED_OK,
+                true,
+            )),
+        ),
         (
             "healthz",
             whole(
@@ -342,4 +383,85 @@ fn audit_export() -> Seeds {
     with_cp.extend_from_slice(b"--\n");
     with_cp.extend_from_slice(&signed_checkpoint(&tree));
     vec![("log", log), ("log-with-checkpoint", with_cp)]
+}
+
+/// An execution graph for the dev operator and tenant, signed for [`super::rig::NOW`].
+fn graph_body(nonce: &str) -> Vec<u8> {
+    let fp = "0C40DBD5295BC42311CB7F980880D9407E386BCA6F83639DE3A38144A037E6CD";
+    format!(
+        r#"{{"attestation_measurement_hash":"5c83f7d75de535ed4e51f088c71824dc6b2c2d3080e5de24b67eb5daa259fe10","execution_fingerprint":"{fp}","graph":{{"edges":[{{"from":"n0","to":"n1"}}],"execution_fingerprint":"{fp}","graph_id":"g-1","nodes":[{{"id":"n0","type":"step"}},{{"id":"n1","type":"step"}}],"operator_id":"{op}","target_urn":"urn:vv:target:1","tenant_id":"{tenant}"}},"nonce":"{nonce}","operator_id":"{op}","schema_version":"execution.graph.v1","tenant_id":"{tenant}","timestamp":{now}}}"#,
+        op = crate::devpki::DEV_OPERATOR,
+        tenant = crate::devpki::DEV_TENANT,
+        now = super::rig::NOW,
+    )
+    .into_bytes()
+}
+
+fn query_body(nonce: &str) -> Vec<u8> {
+    format!(
+        r#"{{"limit":5,"nonce":"{nonce}","operator_id":"{}","tenant_id":"{}","timestamp":{}}}"#,
+        crate::devpki::DEV_OPERATOR,
+        crate::devpki::DEV_TENANT,
+        super::rig::NOW,
+    )
+    .into_bytes()
+}
+
+fn bundle_body() -> Vec<u8> {
+    format!(
+        r#"{{"bundle":{{"campaign_id":"cmp-001","execution_hash":"{}","nonce":"fed-{NONCE}","operator_id":"{}","signature":"{FORGED_OK}","timestamp":{}}}}}"#,
+        "ab".repeat(32),
+        crate::devpki::DEV_OPERATOR,
+        super::rig::NOW,
+    )
+    .into_bytes()
+}
+
+fn service_bodies() -> Seeds {
+    vec![
+        ("federation", bundle_body()),
+        ("execution-graph", graph_body(GRAPH_NONCE)),
+        ("feedback-query", query_body(QUERY_NONCE)),
+    ]
+}
+
+fn kv_values() -> Seeds {
+    let rec = NonceRecord::V1 {
+        body_sha256: crate::ids::sha256(BODY),
+        request_id: [0x11; 16],
+        route: Route::Telemetry,
+        accepted_at: super::rig::NOW,
+    };
+    let mut ours = Vec::new();
+    crate::cluster::value::encode(&rec, "gw-a", &mut ours);
+    vec![
+        ("ours", ours),
+        ("foreign", b"{\"owner\":\"someone else\"}".to_vec()),
+    ]
+}
+
+fn evidence() -> Seeds {
+    use super::{FuzzKek, EVIDENCE_KEK_ID, EVIDENCE_TENANT};
+    let mut fill = |out: &mut [u8]| out.fill(0x11);
+    let v2 = crate::evidence::seal(
+        &FuzzKek,
+        EVIDENCE_KEK_ID,
+        EVIDENCE_TENANT,
+        "blob-1",
+        br#"{"finding":"critical"}"#,
+        &mut fill,
+    )
+    .expect("the fuzzing KEK seals");
+    // CONTRACT.md §13.1's v1 vector (root key 32 × 'A').
+    let v1 = format!(
+        r#"{{"algorithm":"AES-256-GCM+HKDF-SHA256","ciphertext_b64":"bNVhIK6r9jGCHeQeK9SAoXbwrI5IrY4uJCZujWeCACF/XcluPMrbo77D3wXxE8MYH+D5jaVRUIA=","data_nonce_b64":"IiIiIiIiIiIiIiIi","dek_wrap_nonce_b64":"MzMzMzMzMzMzMzMz","key_id":"{}","tenant_id":"{EVIDENCE_TENANT}","version":"vv-evidence-env-v1","wrapped_dek_b64":"/df5ryWTHmSP5Fdfdu94yWZH8AqM48r/rki653jBsipwg/WZ5aaCbEoClVPlaC0k"}}"#,
+        super::EVIDENCE_V1_ROOT_ID
+    );
+    vec![
+        (
+            "v2",
+            serde_json::to_vec(&v2).expect("an envelope serialises"),
+        ),
+        ("v1", v1.into_bytes()),
+    ]
 }

@@ -13,6 +13,9 @@ fn run(target: &str, data: &[u8]) {
         "nats" => nats(data),
         "checkpoint" => checkpoint(data),
         "audit_export" => audit_export(data),
+        "service_bodies" => service_bodies(data),
+        "kv_value" => kv_value(data),
+        "evidence" => evidence(data),
         other => panic!("unknown target {other}"),
     }
 }
@@ -66,21 +69,61 @@ fn checkpoint_seed_verifies_and_export_seed_is_clean() {
 /// at the signature and nothing is stored.
 #[test]
 fn request_seed_reaches_the_store() {
-    let accepted = seeds::all()
-        .into_iter()
-        .find(|(t, _)| *t == "request")
-        .and_then(|(_, s)| s.into_iter().find(|(n, _)| *n == "accepted"))
-        .map(|(_, d)| d)
-        .unwrap();
     request(b"");
-    let before = rig::accepted_nonces();
-    request(&accepted);
-    let after = rig::accepted_nonces();
-    if cfg!(feature = "fuzzing") {
-        assert_eq!(after, before + 1);
-    } else {
-        assert_eq!(after, before);
+    for name in ["accepted", "execution-graph"] {
+        let before = rig::accepted_nonces();
+        request(&seed("request", name));
+        let after = rig::accepted_nonces();
+        if cfg!(feature = "fuzzing") {
+            assert_eq!(after, before + 1, "{name}");
+        } else {
+            assert_eq!(after, before, "{name}");
+        }
     }
+}
+
+fn seed(target: &str, name: &str) -> Vec<u8> {
+    seeds::all()
+        .into_iter()
+        .find(|(t, _)| *t == target)
+        .and_then(|(_, s)| s.into_iter().find(|(n, _)| *n == name))
+        .map(|(_, d)| d)
+        .unwrap()
+}
+
+/// The seeds of the service-body, bucket-value and evidence targets pass their parsers, so
+/// the fuzzer starts from inputs that reach the checks behind them.
+#[test]
+fn service_value_and_evidence_seeds_pass_their_parsers() {
+    use crate::schema::service::{parse_execution_graph, parse_federation, parse_feedback_query};
+    let (fed, graph, query) = (
+        seed("service_bodies", "federation"),
+        seed("service_bodies", "execution-graph"),
+        seed("service_bodies", "feedback-query"),
+    );
+    let mut tape = Tape::new();
+    parse_federation(&tape.parse(&fed).unwrap()).unwrap();
+    parse_execution_graph(&tape.parse(&graph).unwrap()).unwrap();
+    parse_feedback_query(&tape.parse(&query).unwrap()).unwrap();
+    assert_eq!(
+        crate::cluster::value::parse(&seed("kv_value", "ours"))
+            .unwrap()
+            .appliance,
+        "gw-a"
+    );
+    assert!(crate::cluster::value::parse(&seed("kv_value", "foreign")).is_err());
+    let v1: serde_json::Value = serde_json::from_slice(&seed("evidence", "v1")).unwrap();
+    let plain =
+        crate::evidence::open_v1(&v1, EVIDENCE_TENANT, EVIDENCE_V1_ROOT_ID, &EVIDENCE_V1_ROOT)
+            .unwrap();
+    assert_eq!(&plain[..], br#"{"finding":"critical","evidence":"blob"}"#);
+    let v2: serde_json::Value = serde_json::from_slice(&seed("evidence", "v2")).unwrap();
+    let kek: std::sync::Arc<dyn vvgate_hsm::Kek> = std::sync::Arc::new(FuzzKek);
+    let plain = crate::evidence::open(&v2, EVIDENCE_TENANT, Some("blob-1"), &|id| {
+        (id == EVIDENCE_KEK_ID).then(|| std::sync::Arc::clone(&kek))
+    })
+    .unwrap();
+    assert_eq!(&plain[..], br#"{"finding":"critical"}"#);
 }
 
 /// Writes the seed corpus into `$VVGATE_FUZZ_SEEDS/<target>/` (run by `fuzz/make-seeds.sh`).
