@@ -76,23 +76,26 @@ pub fn uuid_text(b: &[u8; 16]) -> UuidText {
     s
 }
 
-/// Parse a canonical UUID string back into bytes.
+/// Parse a canonical UUID string (8-4-4-4-12 hex digits) back into bytes. Anything else,
+/// including a hyphen in another place, is `None`.
 pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let b = s.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+    if b.len() != 36 {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut j = 0;
-    let mut i = 0;
-    while i < 36 {
-        if b[i] == b'-' {
-            i += 1;
+    let mut digits = 0usize;
+    for (i, &c) in b.iter().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if c != b'-' {
+                return None;
+            }
             continue;
         }
-        out[j] = (nibble(b[i])? << 4) | nibble(b[i + 1])?;
-        j += 1;
-        i += 2;
+        // 36 characters less 4 hyphens: exactly 32 digits, so `digits / 2` stays below 16.
+        let byte = &mut out[digits / 2];
+        *byte = (*byte << 4) | nibble(c)?;
+        digits += 1;
     }
     Some(out)
 }
@@ -159,6 +162,16 @@ mod tests {
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
         assert_eq!(parse_uuid(&s), Some(u));
         assert_eq!(parse_uuid("not-a-uuid"), None);
+        // A hyphen where a digit belongs, with the four canonical ones in place (once an
+        // out-of-bounds index: found by the `kv_value` fuzz target).
+        for bad in [
+            "11111111-1111-1111-1111-11111111111-",
+            "11111111-1111-1111-1111-1111111-1111",
+            "1-111111-1111-1111-1111-111111111111",
+            "11111111-1111-1111-1111-1111111111\u{e9}",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad}");
+        }
     }
 
     #[test]

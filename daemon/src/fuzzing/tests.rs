@@ -82,6 +82,14 @@ fn request_seed_reaches_the_store() {
     }
 }
 
+/// Inputs that once crashed a target.
+#[test]
+fn reproducers() {
+    // An out-of-bounds index in `ids::parse_uuid`: a request id of 36 characters with the
+    // four canonical hyphens and one more in place of a digit.
+    kv_value(br#"{"accepted_at":177297290720007200,"appliance":"gwUapplian~e-a","body_sha256":"c34d5aa6db1a40db4b30713f0cf596e898b4329fe5ba3bdd5ea1075c6c406dae","request_id":"11111111-1111-1111-1111-1111-1111111","route":"/internal/v1/telemetry","v":1}"#);
+}
+
 fn seed(target: &str, name: &str) -> Vec<u8> {
     seeds::all()
         .into_iter()
