@@ -11,6 +11,7 @@ pub(crate) mod checks;
 pub mod rate;
 mod reject;
 pub mod replay;
+pub mod verify;
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -38,6 +39,8 @@ pub struct ConnState {
     scratch: schema::Scratch,
     /// The signed message of the request being checked (scratch).
     pub(crate) msg: Vec<u8>,
+    /// The producer key that verified this connection's last request (tried first).
+    key_hint: Option<[u8; 32]>,
     payload: Vec<u8>,
     trace: Vec<u8>,
     normalised: Vec<u8>,
@@ -170,14 +173,7 @@ pub async fn telemetry(
             Ok(v) => v,
             Err(r) => return gw.refuse(&ctx, r.into(), out).await,
         };
-    if let Err(r) = checks::verify_signature(
-        &mut signed,
-        sig,
-        body,
-        &cfg.producer_keys,
-        secs,
-        &mut st.msg,
-    ) {
+    if let Err(r) = verify_signature(gw, st, &mut signed, sig, body, secs).await {
         return gw.refuse(&ctx, r.into(), out).await;
     }
 
@@ -307,6 +303,35 @@ pub async fn telemetry(
         },
         out,
     )
+}
+
+/// Steps 13–14 through the gateway's verifier (batched or single, `signature_verification`).
+async fn verify_signature(
+    gw: &Gateway,
+    st: &mut ConnState,
+    signed: &mut checks::Signed<'_>,
+    sig_b64: &str,
+    body: &[u8],
+    now: u64,
+) -> Result<(), Rejection> {
+    let sig = checks::signature_message(signed, sig_b64, body, &mut st.msg)?;
+    let cfg = gw.cfg();
+    let mut keys = verify::Candidates::new();
+    for k in cfg.producer_keys.valid_at(now) {
+        if Some(*k) == st.key_hint {
+            let _ = keys.insert(0, *k);
+        } else {
+            let _ = keys.push(*k);
+        }
+    }
+    let key = gw
+        .verifier
+        .verify(cfg.signature_verification, keys, &st.msg, &sig)
+        .await
+        .ok_or(Rejection::SignatureInvalid)?;
+    st.key_hint = Some(key);
+    signed.key = key;
+    Ok(())
 }
 
 fn dead_letter(
