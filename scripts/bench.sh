@@ -7,6 +7,8 @@
 # env:   CONNS [32]  IDLE [1000]  RUNS [2]  WORK [a temp dir]
 #        QUEUE=nats: forward to a real nats-server (TLS, JetStream on disk) pinned to core 0,
 #        and report PubAcks/s and how long the spool takes to drain after the load.
+#        SIGV="single batch": A/B of signature_verification, RUNS rounds, one fresh gateway per
+#        mode and round, interleaved (A B A B ...), each with its signature and commit counters.
 # Each run prints its figures, including the fixed reference of the run (ring's Ed25519
 # verification of the same request on this machine, now) so runs on a noisy, shared machine
 # can be compared by ratio. Not part of CI.
@@ -54,12 +56,32 @@ EOF2
   printf '\n[nats]\nca_path = "pki/ca.pem"\ncert_path = "pki/nats-client.pem"\nkey = "file:pki/nats-client.key"\ncredentials_file = "pki/nats.creds"\ncreate_stream = true\n' >>dev/vvgate.toml
   for _ in $(seq 50); do grep -q "Server is ready" nats/nats.log && break; sleep 0.1; done
 fi
-taskset -c 1 "$R/vvgated" --config dev/vvgate.toml >gateway.out 2>gateway.log &
-GW=$!
-PIDS+=($GW)
-for _ in $(seq 50); do grep -q ready gateway.out 2>/dev/null && break; sleep 0.1; done
-grep -q ready gateway.out || { echo "vvgated did not start:"; cat gateway.log; exit 1; }
+start_gateway() { # [CONFIG]
+  rm -f gateway.out
+  taskset -c 1 "$R/vvgated" --config "${1:-dev/vvgate.toml}" >gateway.out 2>gateway.log &
+  GW=$!
+  PIDS+=($GW)
+  for _ in $(seq 50); do grep -q ready gateway.out 2>/dev/null && break; sleep 0.1; done
+  grep -q ready gateway.out || { echo "vvgated did not start:"; cat gateway.log; exit 1; }
+}
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg), queue ${QUEUE:-spool}"
+if [ -n "${SIGV:-}" ]; then
+  # A/B of signature_verification: for each run, one fresh gateway per mode, interleaved.
+  OPS=$(sed -n '/^\[ops\]/,/^listen/s/^listen = "\(.*\)"/\1/p' dev/vvgate.toml)
+  for i in $(seq "$RUNS"); do
+    for m in $SIGV; do
+      sed "s/^mode = \"dev\"$/mode = \"dev\"\nsignature_verification = \"$m\"/" dev/vvgate.toml >dev/vvgate-$m.toml
+      start_gateway dev/vvgate-$m.toml
+      echo "== run $i, signature_verification = $m: $CONNS connections, ${DUR}s"
+      taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2
+      curl -s "http://$OPS/metrics" | grep -E '^vvgate_(signature|storage_commi)' | tr '\n' ' '; echo
+      kill "$GW"; wait "$GW" 2>/dev/null || true
+    done
+  done
+  echo "== work directory: $WORK"
+  exit 0
+fi
+start_gateway
 for i in $(seq "$RUNS"); do
   echo "== run $i: $CONNS connections, ${DUR}s"
   taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2

@@ -20,6 +20,7 @@ use vvgate_storage::{nonce_key, EnvelopeKind, NonceRecord, NonceSpace, Route};
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
 use crate::cluster;
 use crate::commit::{Action, AuditItem, Envelope, Op, Outcome, SubmitError};
+use crate::config::SignatureVerification;
 use crate::envelope::{self, DeadLetterTrace};
 use crate::gateway::Gateway;
 use crate::http::conn::ConnInfo;
@@ -317,16 +318,25 @@ async fn verify_signature(
     let sig = checks::signature_message(signed, sig_b64, body, &mut st.msg)?;
     let cfg = gw.cfg();
     let mut keys = verify::Candidates::new();
+    let mut hinted = false;
     for k in cfg.producer_keys.valid_at(now) {
         if Some(*k) == st.key_hint {
+            hinted = true;
             let _ = keys.insert(0, *k);
         } else {
             let _ = keys.push(*k);
         }
     }
+    // During a key rotation overlap, a connection's first request finds its key singly; its
+    // next ones join batches with that key.
+    let mode = if keys.len() > 1 && !hinted {
+        SignatureVerification::Single
+    } else {
+        cfg.signature_verification
+    };
     let key = gw
         .verifier
-        .verify(cfg.signature_verification, keys, &st.msg, &sig)
+        .verify(mode, keys, &st.msg, &sig)
         .await
         .ok_or(Rejection::SignatureInvalid)?;
     st.key_hint = Some(key);
