@@ -7,8 +7,10 @@
 # env:   CONNS [32]  IDLE [1000]  RUNS [2]  WORK [a temp dir]
 #        QUEUE=nats: forward to a real nats-server (TLS, JetStream on disk) pinned to core 0,
 #        and report PubAcks/s and how long the spool takes to drain after the load.
-#        SIGV="single batch": A/B of signature_verification, RUNS rounds, one fresh gateway per
-#        mode and round, interleaved (A B A B ...), each with its signature and commit counters.
+#        VARIANTS='signature_verification = "single";signature_verification = "batch"': A/B
+#        of configurations (variants separated by ';', lines within one by ', ', added to
+#        [telemetry_gateway]): RUNS rounds, one fresh gateway per variant and round,
+#        interleaved (A B A B ...), each followed by its signature and commit counters.
 # Each run prints its figures, including the fixed reference of the run (ring's Ed25519
 # verification of the same request on this machine, now) so runs on a noisy, shared machine
 # can be compared by ratio. Not part of CI.
@@ -65,14 +67,16 @@ start_gateway() { # [CONFIG]
   grep -q ready gateway.out || { echo "vvgated did not start:"; cat gateway.log; exit 1; }
 }
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg), queue ${QUEUE:-spool}"
-if [ -n "${SIGV:-}" ]; then
-  # A/B of signature_verification: for each run, one fresh gateway per mode, interleaved.
+if [ -n "${VARIANTS:-}" ]; then
+  # A/B: for each run, one fresh gateway per variant, interleaved (A B A B ...).
   OPS=$(sed -n '/^\[ops\]/,/^listen/s/^listen = "\(.*\)"/\1/p' dev/vvgate.toml)
+  IFS=';' read -r -a VARS <<<"$VARIANTS"
   for i in $(seq "$RUNS"); do
-    for m in $SIGV; do
-      sed "s/^mode = \"dev\"$/mode = \"dev\"\nsignature_verification = \"$m\"/" dev/vvgate.toml >dev/vvgate-$m.toml
-      start_gateway dev/vvgate-$m.toml
-      echo "== run $i, signature_verification = $m: $CONNS connections, ${DUR}s"
+    for v in $(seq 0 $((${#VARS[@]} - 1))); do
+      lines=$(printf '%s' "${VARS[$v]}" | sed 's/, */\n/g')
+      awk -v extra="$lines" '{print} /^mode = "dev"$/ {gsub(/\\n/, "\n", extra); print extra}' dev/vvgate.toml >"dev/vvgate-$v.toml"
+      start_gateway "dev/vvgate-$v.toml"
+      echo "== run $i, variant $v [${VARS[$v]}]: $CONNS connections, ${DUR}s"
       taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2
       curl -s "http://$OPS/metrics" | grep -E '^vvgate_(signature|storage_commi)' | tr '\n' ' '; echo
       kill "$GW"; wait "$GW" 2>/dev/null || true
