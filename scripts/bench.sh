@@ -7,6 +7,8 @@
 # env:   CONNS [32]  IDLE [1000]  RUNS [2]  WORK [a temp dir]
 #        QUEUE=nats: forward to a real nats-server (TLS, JetStream on disk) pinned to core 0,
 #        and report PubAcks/s and how long the spool takes to drain after the load.
+#        BENCH_ARGS: extra arguments of `vvctl bench` in VARIANTS runs (e.g. --requests N when
+#        pre-signing on a loaded core would take longer than the clock-skew window).
 #        VARIANTS='signature_verification = "single";signature_verification = "batch"': A/B
 #        of configurations (variants separated by ';', lines within one by ', ', added to
 #        [telemetry_gateway]): RUNS rounds, one fresh gateway per variant and round,
@@ -77,7 +79,8 @@ if [ -n "${VARIANTS:-}" ]; then
       awk -v extra="$lines" '{print} /^mode = "dev"$/ {gsub(/\\n/, "\n", extra); print extra}' dev/vvgate.toml >"dev/vvgate-$v.toml"
       start_gateway "dev/vvgate-$v.toml"
       echo "== run $i, variant $v [${VARS[$v]}]: $CONNS connections, ${DUR}s"
-      taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2
+      # shellcheck disable=SC2086 # BENCH_ARGS: extra words for vvctl bench
+      taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2 ${BENCH_ARGS:-}
       curl -s "http://$OPS/metrics" | grep -E '^vvgate_(signature|storage_commi)' | tr '\n' ' '; echo
       kill "$GW"; wait "$GW" 2>/dev/null || true
     done
