@@ -7,6 +7,12 @@
 # env:   CONNS [32]  IDLE [1000]  RUNS [2]  WORK [a temp dir]
 #        QUEUE=nats: forward to a real nats-server (TLS, JetStream on disk) pinned to core 0,
 #        and report PubAcks/s and how long the spool takes to drain after the load.
+#        BENCH_ARGS: extra arguments of `vvctl bench` in VARIANTS runs (e.g. --requests N when
+#        pre-signing on a loaded core would take longer than the clock-skew window).
+#        VARIANTS='signature_verification = "single";signature_verification = "batch"': A/B
+#        of configurations (variants separated by ';', lines within one by ', ', added to
+#        [telemetry_gateway]): RUNS rounds, one fresh gateway per variant and round,
+#        interleaved (A B A B ...), each followed by its signature and commit counters.
 # Each run prints its figures, including the fixed reference of the run (ring's Ed25519
 # verification of the same request on this machine, now) so runs on a noisy, shared machine
 # can be compared by ratio. Not part of CI.
@@ -54,12 +60,35 @@ EOF2
   printf '\n[nats]\nca_path = "pki/ca.pem"\ncert_path = "pki/nats-client.pem"\nkey = "file:pki/nats-client.key"\ncredentials_file = "pki/nats.creds"\ncreate_stream = true\n' >>dev/vvgate.toml
   for _ in $(seq 50); do grep -q "Server is ready" nats/nats.log && break; sleep 0.1; done
 fi
-taskset -c 1 "$R/vvgated" --config dev/vvgate.toml >gateway.out 2>gateway.log &
-GW=$!
-PIDS+=($GW)
-for _ in $(seq 50); do grep -q ready gateway.out 2>/dev/null && break; sleep 0.1; done
-grep -q ready gateway.out || { echo "vvgated did not start:"; cat gateway.log; exit 1; }
+start_gateway() { # [CONFIG]
+  rm -f gateway.out
+  taskset -c 1 "$R/vvgated" --config "${1:-dev/vvgate.toml}" >gateway.out 2>gateway.log &
+  GW=$!
+  PIDS+=($GW)
+  for _ in $(seq 50); do grep -q ready gateway.out 2>/dev/null && break; sleep 0.1; done
+  grep -q ready gateway.out || { echo "vvgated did not start:"; cat gateway.log; exit 1; }
+}
 echo "== machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load $(cut -d' ' -f1-3 /proc/loadavg), queue ${QUEUE:-spool}"
+if [ -n "${VARIANTS:-}" ]; then
+  # A/B: for each run, one fresh gateway per variant, interleaved (A B A B ...).
+  OPS=$(sed -n '/^\[ops\]/,/^listen/s/^listen = "\(.*\)"/\1/p' dev/vvgate.toml)
+  IFS=';' read -r -a VARS <<<"$VARIANTS"
+  for i in $(seq "$RUNS"); do
+    for v in $(seq 0 $((${#VARS[@]} - 1))); do
+      lines=$(printf '%s' "${VARS[$v]}" | sed 's/, */\n/g')
+      awk -v extra="$lines" '{print} /^mode = "dev"$/ {gsub(/\\n/, "\n", extra); print extra}' dev/vvgate.toml >"dev/vvgate-$v.toml"
+      start_gateway "dev/vvgate-$v.toml"
+      echo "== run $i, variant $v [${VARS[$v]}]: $CONNS connections, ${DUR}s"
+      # shellcheck disable=SC2086 # BENCH_ARGS: extra words for vvctl bench
+      taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2 ${BENCH_ARGS:-}
+      curl -s "http://$OPS/metrics" | grep -E '^vvgate_(signature|storage_commi)' | tr '\n' ' '; echo
+      kill "$GW"; wait "$GW" 2>/dev/null || true
+    done
+  done
+  echo "== work directory: $WORK"
+  exit 0
+fi
+start_gateway
 for i in $(seq "$RUNS"); do
   echo "== run $i: $CONNS connections, ${DUR}s"
   taskset -c 0 "$R/vvctl" bench --dev dev -c "$CONNS" -d "$DUR" --warmup 2

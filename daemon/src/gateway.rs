@@ -63,6 +63,8 @@ pub struct Gateway {
     pub inflight: InFlight,
     pub rate: RefCell<RateLimiter>,
     pub metrics: Metrics,
+    /// Check step 14, singly or in batches.
+    pub verifier: crate::ingest::verify::Verifier,
     /// The queue forwarder's counters (all zero with `queue_backend = "spool"`).
     pub forward: crate::forward::ForwardState,
     pub rng: RefCell<Random>,
@@ -119,6 +121,7 @@ impl Gateway {
             inflight: InFlight::default(),
             rate: RefCell::default(),
             metrics: Metrics::default(),
+            verifier: crate::ingest::verify::Verifier::default(),
             forward: crate::forward::ForwardState::default(),
             rng: RefCell::new(Random::new()),
             pending_spool: Cell::new((0, 0)),
@@ -447,6 +450,26 @@ impl Gateway {
                 "vvgate_storage_failed_commits_total",
                 "Failed group commits.",
                 s.failed_commits.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_signature_batches_total",
+                "Batches of producer signatures verified together (two or more).",
+                self.verifier.stats.batches.get(),
+            ),
+            (
+                "vvgate_signature_batched_total",
+                "Producer signatures verified in batches.",
+                self.verifier.stats.batched.get(),
+            ),
+            (
+                "vvgate_signature_batch_failures_total",
+                "Batches that failed and were verified again one by one.",
+                self.verifier.stats.failed_batches.get(),
+            ),
+            (
+                "vvgate_signature_single_total",
+                "Producer signatures verified one by one (ring).",
+                self.verifier.stats.single.get(),
             ),
             (
                 "vvgate_ready",

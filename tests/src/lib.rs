@@ -460,6 +460,50 @@ pub fn request(p: &Producer, s: &Signed) -> Vec<u8> {
     p.request("localhost", s.ts, &s.nonce, &s.body, None)
 }
 
+/// Write a producer signing key (raw seed, derived from `tag`) next to the dev PKI as
+/// `<name>.seed`; returns its public key in base64.
+pub fn extra_producer_key(pki: &Pki, name: &str, tag: u8) -> String {
+    use base64::Engine;
+    use ring::signature::KeyPair;
+    let seed: [u8; 32] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(0) ^ tag);
+    std::fs::write(pki.path(&format!("{name}.seed")), seed).expect("seed");
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("key");
+    base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref())
+}
+
+/// The producer (its certificate and identity) signing with the key in `seed` (a file of the
+/// dev PKI).
+pub fn producer_with(pki: &Pki, seed: &str) -> Producer {
+    Producer::load(
+        &pki.path("ca.pem"),
+        &pki.path("producer.pem"),
+        &pki.path("producer.key"),
+        &pki.path(seed),
+        "spectrastrike-producer",
+    )
+    .expect("producer")
+}
+
+/// The audit `key_id` of a producer public key given in base64.
+pub fn key_id(public_b64: &str) -> String {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(public_b64)
+        .expect("base64");
+    vvgate::ids::hex32(&vvgate::ids::sha256(&key)).to_string()
+}
+
+impl Gateway {
+    /// One value of `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.ops_get("/metrics")
+            .body_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 /// Read all bytes until EOF (for raw-socket tests).
 pub fn read_to_end(r: &mut impl Read) -> Vec<u8> {
     let mut v = Vec::new();

@@ -5,35 +5,12 @@
 // Integration tests live in their own crate, not in a #[cfg(test)] module.
 #![allow(clippy::tests_outside_test_module)]
 
-use base64::Engine;
-use ring::signature::KeyPair;
 use vvgate_e2e::*;
 
 /// Write a second producer signing key (raw seed) next to the dev PKI; returns its public
 /// key in base64.
 fn next_key(pki: &Pki) -> String {
-    let seed: [u8; 32] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(0) ^ 0x5a);
-    std::fs::write(pki.path("producer-next.seed"), seed).expect("seed");
-    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).expect("key");
-    base64::engine::general_purpose::STANDARD.encode(pair.public_key().as_ref())
-}
-
-fn producer_with(pki: &Pki, seed: &str) -> vvgate::client::Producer {
-    vvgate::client::Producer::load(
-        &pki.path("ca.pem"),
-        &pki.path("producer.pem"),
-        &pki.path("producer.key"),
-        &pki.path(seed),
-        "spectrastrike-producer",
-    )
-    .expect("producer")
-}
-
-fn key_id(public_b64: &str) -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(public_b64)
-        .expect("base64");
-    vvgate::ids::hex32(&vvgate::ids::sha256(&key)).to_string()
+    extra_producer_key(pki, "producer-next", 0x5a)
 }
 
 /// Send one fresh event signed by `p`: (status, request id).

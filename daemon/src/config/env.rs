@@ -30,6 +30,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("spectrastrike_ed25519_public_key_not_after", Kind::Int),
     ("spectrastrike_ed25519_next_public_key_b64", Kind::Str),
     ("spectrastrike_ed25519_next_not_before", Kind::Int),
+    ("signature_verification", Kind::Str),
     ("allowed_clock_skew_seconds", Kind::Int),
     ("nonce_ttl_seconds", Kind::Int),
     ("nonce_backend", Kind::Str),

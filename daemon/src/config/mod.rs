@@ -92,6 +92,26 @@ impl NonceBackend {
     }
 }
 
+/// How check step 14 verifies producer signatures (`signature_verification`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureVerification {
+    /// Signatures that reach step 14 in the same event-loop turn are verified together (at
+    /// most 16, one random linear combination); a lone one, and every one of a failed batch,
+    /// with ring as in `Single` (docs/signature-batching.md).
+    Batch,
+    /// Each signature on its own with ring, the contract's reference verifier.
+    Single,
+}
+
+impl SignatureVerification {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureVerification::Batch => "batch",
+            SignatureVerification::Single => "single",
+        }
+    }
+}
+
 /// `[cluster]`: several appliances sharing one JetStream KV bucket of nonces.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -283,6 +303,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub identities: Identities,
     pub producer_keys: ProducerKeys,
+    pub signature_verification: SignatureVerification,
     pub allowed_clock_skew_seconds: u64,
     pub nonce_ttl_seconds: u64,
     pub nonce_backend: NonceBackend,

@@ -51,6 +51,7 @@ pub(crate) struct RawGateway {
     pub(crate) spectrastrike_ed25519_public_key_not_after: Option<i64>,
     pub(crate) spectrastrike_ed25519_next_public_key_b64: Option<String>,
     pub(crate) spectrastrike_ed25519_next_not_before: Option<i64>,
+    pub(crate) signature_verification: Option<String>,
     pub(crate) allowed_clock_skew_seconds: Option<i64>,
     pub(crate) nonce_ttl_seconds: Option<i64>,
     pub(crate) nonce_backend: Option<String>,

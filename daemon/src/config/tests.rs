@@ -483,3 +483,28 @@ fn rearm_officers_need_two_distinct_valid_verifiers() {
         "{p:?}"
     );
 }
+
+#[test]
+fn signature_verification_mode() {
+    let c = parse_env(&minimal(), &[]).unwrap();
+    assert_eq!(c.signature_verification, SignatureVerification::Batch);
+    let text = minimal().replace(
+        "mode = \"dev\"",
+        "mode = \"dev\"\nsignature_verification = \"single\"",
+    );
+    let c = parse_env(&text, &[]).unwrap();
+    assert_eq!(c.signature_verification, SignatureVerification::Single);
+    let c = parse_env(&minimal(), &[("VV_TG_SIGNATURE_VERIFICATION", "single")]).unwrap();
+    assert_eq!(c.signature_verification, SignatureVerification::Single);
+    let p = problems(parse_env(
+        &minimal(),
+        &[("VV_TG_SIGNATURE_VERIFICATION", "fast")],
+    ));
+    assert!(
+        p.iter().any(
+            |p| p.key.contains("telemetry_gateway.signature_verification")
+                && p.problem.contains("must be batch or single")
+        ),
+        "{p:?}"
+    );
+}

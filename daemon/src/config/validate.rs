@@ -173,8 +173,10 @@ impl Checker<'_> {
     }
 }
 
-/// Decode a producer public key: strict standard base64 of 32 bytes, a valid Edwards point
-/// that is not of small order (the all-zero key among them).
+/// Decode a producer public key: strict standard base64 of 32 bytes, the canonical encoding of
+/// a point of the prime-order subgroup (so not of small order, the all-zero key among them, and
+/// without a torsion component). Every key that Ed25519 key generation produces is one; the
+/// others are where verifiers may disagree (docs/signature-batching.md), so none is accepted.
 pub fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
@@ -193,6 +195,12 @@ pub fn parse_ed25519_public(b64: &str) -> Result<[u8; 32], String> {
         .ok_or("is not a valid Ed25519 point")?;
     if point.is_small_order() {
         return Err("is a small-order point, not a usable key".into());
+    }
+    if point.compress().0 != key {
+        return Err("is not the canonical encoding of its point".into());
+    }
+    if !point.is_torsion_free() {
+        return Err("has a small-order (torsion) component, which no Ed25519 key pair has".into());
     }
     Ok(key)
 }
@@ -501,6 +509,17 @@ pub(super) fn validate(
         30,
         2_592_000,
     );
+    let signature_verification = match g.signature_verification.as_deref().unwrap_or("batch") {
+        "batch" => SignatureVerification::Batch,
+        "single" => SignatureVerification::Single,
+        other => {
+            c.bad(
+                &k("signature_verification"),
+                format!("must be batch or single (got {other:?})"),
+            );
+            SignatureVerification::Batch
+        }
+    };
     let nonce_backend = match g.nonce_backend.as_deref().unwrap_or("redb") {
         "redb" => NonceBackend::Redb,
         "jetstream_kv" => NonceBackend::JetstreamKv,
@@ -967,6 +986,7 @@ pub(super) fn validate(
         listen,
         identities,
         producer_keys,
+        signature_verification,
         allowed_clock_skew_seconds,
         nonce_ttl_seconds,
         nonce_backend,

@@ -104,7 +104,7 @@ pub fn parse_epoch(s: &str) -> Option<u64> {
 }
 
 /// Steps 13–14: decode the signature strictly and verify it over `"{ts}.{nonce}." + body`
-/// with each producer key valid at `now`. `msg` is scratch space for the signed message.
+/// with each producer key valid at `now` (ring). `msg` is scratch space for the signed message.
 pub(crate) fn verify_signature(
     signed: &mut Signed<'_>,
     sig_b64: &str,
@@ -113,6 +113,25 @@ pub(crate) fn verify_signature(
     now: u64,
     msg: &mut Vec<u8>,
 ) -> Result<(), Rejection> {
+    let sig = signature_message(signed, sig_b64, body, msg)?;
+    for key in keys.valid_at(now) {
+        if ed25519_verify(key, msg, &sig) {
+            signed.key = *key;
+            return Ok(());
+        }
+    }
+    Err(Rejection::SignatureInvalid)
+}
+
+/// Step 13 and what step 14 verifies: the signature decoded strictly (a valid encoding of
+/// another length than 64 bytes is step 14), and the signed message `"{ts}.{nonce}." + body`
+/// written into `msg`.
+pub(crate) fn signature_message(
+    signed: &Signed<'_>,
+    sig_b64: &str,
+    body: &[u8],
+    msg: &mut Vec<u8>,
+) -> Result<[u8; 64], Rejection> {
     let engine = &base64::engine::general_purpose::STANDARD;
     let mut small = [0u8; 66];
     let sig: Vec<u8>;
@@ -127,27 +146,19 @@ pub(crate) fn verify_signature(
             .map_err(|_| Rejection::SignatureEncoding)?;
         &sig
     };
-    if sig.len() != 64 {
-        return Err(Rejection::SignatureInvalid);
-    }
+    let sig: [u8; 64] = sig.try_into().map_err(|_| Rejection::SignatureInvalid)?;
     msg.clear();
     msg.extend_from_slice(signed.ts_text.as_bytes());
     msg.push(b'.');
     msg.extend_from_slice(signed.nonce.as_bytes());
     msg.push(b'.');
     msg.extend_from_slice(body);
-    for key in keys.valid_at(now) {
-        if ed25519_verify(key, msg, sig) {
-            signed.key = *key;
-            return Ok(());
-        }
-    }
-    Err(Rejection::SignatureInvalid)
+    Ok(sig)
 }
 
 /// Ed25519 over the raw message (ring).
 #[cfg(not(feature = "fuzzing"))]
-fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+pub(crate) fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ED25519, key)
         .verify(msg, sig)
         .is_ok()
@@ -158,7 +169,7 @@ fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
 /// the refusal path stays reachable too. `lib.rs` refuses this feature in optimised builds
 /// without debug assertions, and `vvgated` refuses to start with it.
 #[cfg(feature = "fuzzing")]
-fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+pub(crate) fn ed25519_verify(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     let _ = (key, msg, UnparsedPublicKey::new(&ED25519, key));
     sig.first() == Some(&0)
 }

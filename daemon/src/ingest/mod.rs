@@ -11,6 +11,7 @@ pub(crate) mod checks;
 pub mod rate;
 mod reject;
 pub mod replay;
+pub mod verify;
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -19,6 +20,7 @@ use vvgate_storage::{nonce_key, EnvelopeKind, NonceRecord, NonceSpace, Route};
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
 use crate::cluster;
 use crate::commit::{Action, AuditItem, Envelope, Op, Outcome, SubmitError};
+use crate::config::SignatureVerification;
 use crate::envelope::{self, DeadLetterTrace};
 use crate::gateway::Gateway;
 use crate::http::conn::ConnInfo;
@@ -38,6 +40,8 @@ pub struct ConnState {
     scratch: schema::Scratch,
     /// The signed message of the request being checked (scratch).
     pub(crate) msg: Vec<u8>,
+    /// The producer key that verified this connection's last request (tried first).
+    key_hint: Option<[u8; 32]>,
     payload: Vec<u8>,
     trace: Vec<u8>,
     normalised: Vec<u8>,
@@ -170,14 +174,7 @@ pub async fn telemetry(
             Ok(v) => v,
             Err(r) => return gw.refuse(&ctx, r.into(), out).await,
         };
-    if let Err(r) = checks::verify_signature(
-        &mut signed,
-        sig,
-        body,
-        &cfg.producer_keys,
-        secs,
-        &mut st.msg,
-    ) {
+    if let Err(r) = verify_signature(gw, st, &mut signed, sig, body, secs).await {
         return gw.refuse(&ctx, r.into(), out).await;
     }
 
@@ -307,6 +304,44 @@ pub async fn telemetry(
         },
         out,
     )
+}
+
+/// Steps 13–14 through the gateway's verifier (batched or single, `signature_verification`).
+async fn verify_signature(
+    gw: &Gateway,
+    st: &mut ConnState,
+    signed: &mut checks::Signed<'_>,
+    sig_b64: &str,
+    body: &[u8],
+    now: u64,
+) -> Result<(), Rejection> {
+    let sig = checks::signature_message(signed, sig_b64, body, &mut st.msg)?;
+    let cfg = gw.cfg();
+    let mut keys = verify::Candidates::new();
+    let mut hinted = false;
+    for k in cfg.producer_keys.valid_at(now) {
+        if Some(*k) == st.key_hint {
+            hinted = true;
+            let _ = keys.insert(0, *k);
+        } else {
+            let _ = keys.push(*k);
+        }
+    }
+    // During a key rotation overlap, a connection's first request finds its key singly; its
+    // next ones join batches with that key.
+    let mode = if keys.len() > 1 && !hinted {
+        SignatureVerification::Single
+    } else {
+        cfg.signature_verification
+    };
+    let key = gw
+        .verifier
+        .verify(mode, keys, &st.msg, &sig)
+        .await
+        .ok_or(Rejection::SignatureInvalid)?;
+    st.key_hint = Some(key);
+    signed.key = key;
+    Ok(())
 }
 
 fn dead_letter(
