@@ -248,12 +248,13 @@ pub struct Recycled {
     small: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Buffers kept per pool (about two group commits' worth at the largest group size).
-const RECYCLED_KEPT: usize = 1024;
+/// Buffers kept per pool: a group commit's worth at the default group size and more. With
+/// the capacity cap below, a pool holds at most 4 MiB however large the requests were.
+const RECYCLED_KEPT: usize = 256;
 /// Least capacity of a small buffer (an accepted request's audit details fit).
 const SMALL_CAPACITY: usize = 640;
 /// Larger buffers are freed rather than kept.
-const RECYCLED_MAX_CAPACITY: usize = 64 * 1024;
+const RECYCLED_MAX_CAPACITY: usize = 16 * 1024;
 
 impl Recycled {
     /// An empty buffer for an envelope body with room for `capacity` bytes.
