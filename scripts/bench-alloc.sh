@@ -79,11 +79,11 @@ if [ "$CALLGRIND" = 1 ]; then
   start valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" -q
   # Warm up uncounted, then count exactly one fixed batch of requests.
   "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d 2 --warmup 1 --requests 2000 >/dev/null || true
-  callgrind_control -i on "$PID" >/dev/null
-  callgrind_control -z "$PID" >/dev/null
+  callgrind_control -i on "$PID" >/dev/null 2>&1
+  callgrind_control -z "$PID" >/dev/null 2>&1
   "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d "$DUR" --warmup 0 --requests 3000 --json >cg.json || true
-  callgrind_control -d "$PID" >/dev/null
-  callgrind_control -i off "$PID" >/dev/null
+  callgrind_control -d "$PID" >/dev/null 2>&1
+  callgrind_control -i off "$PID" >/dev/null 2>&1
   CGPID=$PID
   stop
   # The dump asked for above (part 1) holds what was counted since the zeroing.
