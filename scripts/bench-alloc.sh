@@ -6,23 +6,40 @@
 #      after the measured window and divides by the requests answered 202. All gateway
 #      threads count (event loop and storage thread), so the figure includes the group
 #      commit's share.
-#   2. the same gateway under `valgrind --tool=callgrind` with collection switched on only for
-#      the measured window (callgrind_control): instructions (Ir) per accepted request. Unlike
-#      wall time this is stable on a shared machine, so a regression shows.
+#   2. the same gateway under `valgrind --tool=callgrind`, instrumented only for the measured
+#      window (`--instr-atstart=no`, then `callgrind_control -i on`, `-z`, `-d`): instructions
+#      (Ir) per accepted request. Unlike wall time this is stable on a shared machine, so a
+#      regression shows.
+#
+# The allocation count of the TLS/HTTP framing path alone (no check chain, no storage) is
+# the test `cargo test -p vvgate --test framing_alloc` (0 expected for HTTP, rustls's two
+# record buffers behind TLS).
 #
 # usage: scripts/bench-alloc.sh [SECONDS]   (default 5 measured seconds)
-# env:   CONNS [8]  CALLGRIND [1]  WORK [a temp dir]
+# env:   HEAP_CONNS ["1 8 32"] connection counts of the heap runs, one gateway each
+#        CONNS [8]  connections of the callgrind run
+#        REQUESTS [20000] pre-signed requests per run (signed before the run: keep their
+#          signing time plus the run inside the gateway's clock skew window)
+#        CALLGRIND [1]  WORK [a temp dir]
+#        BIN [target/bench-fast]: take vvgated and vvctl from there instead of building
+#          (to compare two builds in one run: BIN=/tmp/old scripts/bench-alloc.sh, then again)
 # Not part of CI. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
+HEAP_CONNS=${HEAP_CONNS:-1 8 32}
 CONNS=${CONNS:-8}
+REQUESTS=${REQUESTS:-20000}
 CALLGRIND=${CALLGRIND:-1}
 WORK=${WORK:-$(mktemp -d /tmp/vvgate-bench-alloc.XXXXXX)}
 
-# Optimised but without fat LTO, so the build stays short; the same profile every time.
-cargo build --profile bench-fast -p vvgate --features alloc-count --bins --locked --quiet
-R=$PWD/target/bench-fast
+if [ -z "${BIN:-}" ]; then
+  # Optimised but without fat LTO, so the build stays short; the same profile every time.
+  cargo build --profile bench-fast -p vvgate --features alloc-count --bins --locked --quiet
+  R=$PWD/target/bench-fast
+else
+  R=$(cd "$BIN" && pwd)
+fi
 mkdir -p "$WORK" && cd "$WORK"
 rm -rf dev
 timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
@@ -48,25 +65,29 @@ start() { # start [wrapper...]: the gateway, waits for its ready line
 }
 stop() { kill "$PID"; wait "$PID" 2>/dev/null || true; PID=; }
 
-echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-start
-echo "== heap: $CONNS keep-alive connections, ${DUR}s measured after 2s warm-up"
-"$R/vvctl" bench --config dev/bench.toml --target "$ADDR" --ops "$OPS" "${PRODUCER[@]}" -c "$CONNS" -d "$DUR" --warmup 2 | tee bench.txt
-stop
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); binaries: $R"
+for c in $HEAP_CONNS; do
+  start
+  echo "== heap: $c keep-alive connections, ${DUR}s measured after 2s warm-up"
+  "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" --ops "$OPS" "${PRODUCER[@]}" -c "$c" -d "$DUR" --warmup 2 --requests "$REQUESTS" | tee "bench-$c.txt"
+  stop
+done
 
 if [ "$CALLGRIND" = 1 ]; then
   command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 1; }
-  start valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" -q
+  rm -f "$WORK"/callgrind.out.*
+  start valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out.%p" -q
   # Warm up uncounted, then count exactly one fixed batch of requests.
-  "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d 2 --warmup 1 >/dev/null || true
-  callgrind_control -z "$PID" >/dev/null
-  callgrind_control -i on "$PID" >/dev/null
-  "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d "$DUR" --warmup 0 --json >cg.json || true
-  callgrind_control -i off "$PID" >/dev/null
-  callgrind_control -d "$PID" >/dev/null
+  "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d 2 --warmup 1 --requests 2000 >/dev/null || true
+  callgrind_control -i on "$PID" >/dev/null 2>&1
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  "$R/vvctl" bench --config dev/bench.toml --target "$ADDR" "${PRODUCER[@]}" -c "$CONNS" -d "$DUR" --warmup 0 --requests 3000 --json >cg.json || true
+  callgrind_control -d "$PID" >/dev/null 2>&1
+  callgrind_control -i off "$PID" >/dev/null 2>&1
+  CGPID=$PID
   stop
-  OUT=$(ls -t "$WORK"/callgrind.out.* | head -1)
-  IR=$(callgrind_annotate "$OUT" 2>/dev/null | grep -m1 'PROGRAM TOTALS' | tr -d ',' | awk '{print $1}')
+  # The dump asked for above (part 1) holds what was counted since the zeroing.
+  IR=$(awk '/^summary:/ {print $2}' "$WORK/callgrind.out.$CGPID.1")
   N=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["accepted"])' cg.json)
   echo "== callgrind: $IR instructions for $N accepted requests (all gateway threads)"
   python3 -c "import sys; ir,n=int(sys.argv[1]),int(sys.argv[2]); print(f'instructions per accepted request: {ir/n:,.0f}')" "$IR" "$N"

@@ -105,7 +105,89 @@ pub struct Op {
     pub action: Action,
     pub audit: AuditItem,
     /// Where the outcome goes; `None` for fire-and-forget entries (coalesced TLS rejections).
-    pub reply: Option<oneshot::Sender<Outcome>>,
+    pub reply: Option<Reply>,
+}
+
+/// Where the storage thread puts one op's outcome. The slot behind it is reused by the next
+/// commit on the event loop ([`Committer::commit`]), so waiting for an outcome allocates
+/// nothing (a channel per decision would be one heap allocation per request).
+#[derive(Debug)]
+pub struct Reply(Option<Arc<ReplySlot>>);
+
+#[derive(Debug, Default)]
+pub struct ReplySlot(Mutex<ReplyState>);
+
+#[derive(Debug, Default)]
+struct ReplyState {
+    outcome: Option<Outcome>,
+    waker: Option<std::task::Waker>,
+    /// The [`Reply`] is gone (sent or dropped).
+    done: bool,
+}
+
+impl ReplySlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, ReplyState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Reply {
+    /// Deliver the outcome and wake the waiting request.
+    pub fn send(mut self, outcome: Outcome) -> Result<(), Outcome> {
+        self.finish(Some(outcome));
+        Ok(())
+    }
+
+    fn finish(&mut self, outcome: Option<Outcome>) {
+        let Some(slot) = self.0.take() else { return };
+        let waker = {
+            let mut st = slot.state();
+            if outcome.is_some() {
+                st.outcome = outcome;
+            }
+            st.done = true;
+            st.waker.take()
+        };
+        // Let go of the slot before waking, so the woken request finds it free for reuse.
+        drop(slot);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for Reply {
+    /// Dropped unanswered (the storage thread stopped): the request gets [`Outcome::Failed`].
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
+
+thread_local! {
+    /// Free reply slots of this (event loop) thread.
+    static REPLY_SLOTS: std::cell::RefCell<Vec<Arc<ReplySlot>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Most free slots kept (one per decision in flight is enough).
+const REPLY_SLOTS_KEPT: usize = 4096;
+
+/// Wait for the outcome delivered through `slot`.
+async fn outcome(slot: &ReplySlot) -> Outcome {
+    std::future::poll_fn(|cx| {
+        let mut st = slot.state();
+        if let Some(o) = st.outcome.take() {
+            return std::task::Poll::Ready(o);
+        }
+        if st.done {
+            return std::task::Poll::Ready(Outcome::Failed);
+        }
+        match &mut st.waker {
+            Some(w) => w.clone_from(cx.waker()),
+            None => st.waker = Some(cx.waker().clone()),
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// What happened to an [`Op`].
@@ -152,6 +234,81 @@ pub struct Shared {
     /// while running (readiness `audit_log_corrupt`).
     pub audit_corrupt: AtomicBool,
     audit_problem: Mutex<Option<String>>,
+    /// Buffers of committed decisions, handed back for the next ones.
+    pub recycled: Recycled,
+}
+
+/// Buffers that decisions carry to the storage thread (envelope bodies, audit details,
+/// message ids), handed back to the event loop once committed, so that building the next
+/// envelope or audit entry reuses them instead of allocating. One lock per request on the
+/// event loop side and one per group commit on the storage side, never contended for long.
+#[derive(Debug, Default)]
+pub struct Recycled {
+    bodies: Mutex<Vec<Vec<u8>>>,
+    small: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers kept per pool: a group commit's worth at the default group size and more. With
+/// the capacity cap below, a pool holds at most 4 MiB however large the requests were.
+const RECYCLED_KEPT: usize = 256;
+/// Least capacity of a small buffer (an accepted request's audit details fit).
+const SMALL_CAPACITY: usize = 640;
+/// Larger buffers are freed rather than kept.
+const RECYCLED_MAX_CAPACITY: usize = 16 * 1024;
+
+impl Recycled {
+    /// An empty buffer for an envelope body with room for `capacity` bytes.
+    pub fn body(&self, capacity: usize) -> Vec<u8> {
+        take(&self.bodies, capacity)
+    }
+
+    /// An empty buffer for audit details or a message id. All get the same least capacity,
+    /// so that a recycled message id's buffer can hold the next details without growing.
+    pub fn small(&self, capacity: usize) -> Vec<u8> {
+        take(&self.small, capacity.max(SMALL_CAPACITY))
+    }
+
+    /// A message id in a recycled buffer.
+    pub fn msg_id(&self, id: &str) -> String {
+        let mut v = self.small(id.len());
+        v.extend_from_slice(id.as_bytes());
+        String::from_utf8(v).unwrap_or_default()
+    }
+
+    /// Keep the buffers of a committed group (emptying `spent`).
+    fn give_back(&self, spent: &mut Spent) {
+        for (pool, bufs) in [
+            (&self.bodies, &mut spent.bodies),
+            (&self.small, &mut spent.small),
+        ] {
+            let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+            for b in bufs.drain(..) {
+                if pool.len() < RECYCLED_KEPT && (1..=RECYCLED_MAX_CAPACITY).contains(&b.capacity())
+                {
+                    pool.push(b);
+                }
+            }
+        }
+    }
+}
+
+/// The storage thread's collection of a committed group's buffers.
+#[derive(Debug, Default)]
+struct Spent {
+    bodies: Vec<Vec<u8>>,
+    small: Vec<Vec<u8>>,
+}
+
+fn take(pool: &Mutex<Vec<Vec<u8>>>, capacity: usize) -> Vec<u8> {
+    let found = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    match found {
+        Some(mut v) => {
+            v.clear();
+            v.reserve(capacity);
+            v
+        }
+        None => Vec::with_capacity(capacity),
+    }
 }
 
 impl Shared {
@@ -272,10 +429,23 @@ impl Committer {
 
     /// Queue an op and wait for its outcome. A full queue is reported at once.
     pub async fn commit(&self, mut op: Op) -> Result<Outcome, SubmitError> {
-        let (tx, rx) = oneshot::channel();
-        op.reply = Some(tx);
-        self.submit(op)?;
-        Ok(rx.await.unwrap_or(Outcome::Failed))
+        // A slot still held by the storage thread (it wakes before it lets go) is left to it.
+        let slot = REPLY_SLOTS
+            .with_borrow_mut(Vec::pop)
+            .filter(|s| Arc::strong_count(s) == 1)
+            .unwrap_or_default();
+        *slot.state() = ReplyState::default();
+        op.reply = Some(Reply(Some(Arc::clone(&slot))));
+        let result = match self.submit(op) {
+            Ok(()) => Ok(outcome(&slot).await),
+            Err(e) => Err(e),
+        };
+        REPLY_SLOTS.with_borrow_mut(|free| {
+            if free.len() < REPLY_SLOTS_KEPT {
+                free.push(slot);
+            }
+        });
+        result
     }
 
     /// Free slots in the work queue.
@@ -376,6 +546,8 @@ struct StorageThread {
     expiry_clock: Option<(Instant, u64)>,
     /// Envelopes of the group being committed; written as one segment.
     segment: Vec<Envelope>,
+    /// Buffers of the committed group, on their way back to the event loop.
+    spent: Spent,
     /// Acknowledged segments to delete in the next commit.
     releases: Vec<u64>,
     /// Requests answered 503 because a commit failed, not yet recorded in the log.
@@ -398,6 +570,7 @@ impl StorageThread {
             last_sweep: Instant::now(),
             expiry_clock: Some((Instant::now(), clock.now().0)),
             segment: Vec::new(),
+            spent: Spent::default(),
             releases: Vec::new(),
             unrecorded_failures: 0,
             last_error: String::new(),
@@ -830,10 +1003,17 @@ impl StorageThread {
                     .fetch_add(u64::try_from(group.len()).unwrap_or(0), Ordering::Relaxed);
                 s.healthy.store(true, Ordering::Relaxed);
                 for (op, outcome) in group.drain(..).zip(outcomes.drain(..)) {
-                    if let Some(reply) = op.reply {
+                    let Op { reply, audit, .. } = op;
+                    if let Some(reply) = reply {
                         let _ = reply.send(outcome);
                     }
+                    self.spent.small.push(audit.details);
                 }
+                for e in self.segment.drain(..) {
+                    self.spent.small.push(e.msg_id.into_bytes());
+                    self.spent.bodies.push(e.body);
+                }
+                self.shared.recycled.give_back(&mut self.spent);
                 if spooled {
                     self.shared.spooled.notify(usize::MAX);
                 }

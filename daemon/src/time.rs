@@ -139,13 +139,25 @@ pub fn write_iso(out: &mut Vec<u8>, t: Micros) {
     out.extend_from_slice(b"+00:00");
 }
 
-/// The ISO form of `t` as a string.
+/// The ISO form of `t` as a string, formatted in place (no heap; once per audit entry and
+/// envelope). Empty past the year 9999, which does not fit.
 pub fn iso(t: Micros) -> heapless::String<32> {
-    let mut v = Vec::with_capacity(32);
-    write_iso(&mut v, t);
-    let mut s = heapless::String::new();
-    let _ = s.push_str(std::str::from_utf8(&v).unwrap_or(""));
-    s
+    use std::fmt::Write as _;
+    let secs = t.0 / 1_000_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let sod = secs % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    let (h, mi, s, us) = (sod / 3600, sod / 60 % 60, sod % 60, t.0 % 1_000_000);
+    let mut out = heapless::String::new();
+    if write!(
+        out,
+        "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}+00:00"
+    )
+    .is_err()
+    {
+        out.clear();
+    }
+    out
 }
 
 /// Zero-padded decimal of at least `width` digits.
@@ -173,6 +185,17 @@ mod tests {
         assert_eq!(iso(t).as_str(), "2026-02-26T12:00:01.000000+00:00");
         let t = Micros(1_772_107_200_123_456);
         assert_eq!(iso(t).as_str(), "2026-02-26T12:00:00.123456+00:00");
+        for t in [
+            0,
+            1,
+            951_782_400_000_001,
+            1_772_107_200_123_456,
+            4_102_444_799_999_999,
+        ] {
+            let mut v = Vec::new();
+            write_iso(&mut v, Micros(t));
+            assert_eq!(iso(Micros(t)).as_bytes(), v.as_slice());
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod records;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use redb::{
@@ -179,6 +180,13 @@ pub enum NonceSpace {
 }
 
 impl NonceSpace {
+    fn index(self) -> usize {
+        match self {
+            NonceSpace::Telemetry => 0,
+            NonceSpace::Federation => 1,
+        }
+    }
+
     fn table(self) -> TableDefinition<'static, [u8; 24], &'static [u8]> {
         match self {
             NonceSpace::Telemetry => NONCES,
@@ -200,6 +208,20 @@ pub struct Store {
     /// The audit tree's right edge after the last commit; `None` until loaded (and after a
     /// failed transaction, so that it is read again from what is on disk).
     frontier: Mutex<Option<tree::Frontier>>,
+    /// Write transactions committed since the open; raised after each commit returns.
+    generation: AtomicU64,
+    /// The read snapshot [`Store::nonce_get`] reuses until the next commit.
+    snapshot: Mutex<Option<NonceSnapshot>>,
+}
+
+/// A read transaction with its nonce tables open, valid for one commit generation. Beginning
+/// a read transaction and opening a table costs redb a dozen heap allocations or more; under
+/// load many lookups fall between two group commits, so they share one.
+struct NonceSnapshot {
+    generation: u64,
+    txn: redb::ReadTransaction,
+    /// Indexed by [`NonceSpace::index`].
+    tables: [Option<redb::ReadOnlyTable<[u8; 24], &'static [u8]>>; 2],
 }
 
 impl Store {
@@ -211,6 +233,8 @@ impl Store {
             cache_bytes,
             db: RwLock::new(Some(open_db(path, cache_bytes)?)),
             frontier: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            snapshot: Mutex::new(None),
         };
         store.init()?;
         Ok(store)
@@ -220,6 +244,13 @@ impl Store {
     /// an open that fails leaves the store closed, and every operation reports it until a later
     /// reopen succeeds.
     pub fn reopen(&self) -> Result<(), StorageError> {
+        // The snapshot holds the old file open.
+        drop(
+            self.snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         let mut guard = self.db.write().unwrap_or_else(|e| e.into_inner());
         drop(guard.take());
         *guard = Some(open_db(&self.path, self.cache_bytes)?);
@@ -311,15 +342,16 @@ impl Store {
                 _ => tree::Frontier::load(audit_head.index, &audit::Hashes::new(&hashes, &kept))?,
             };
             let mut b = Batch {
+                txn: &txn,
                 nonces: txn.open_table(NONCES)?,
-                fed_nonces: txn.open_table(FED_NONCES)?,
+                fed_nonces: Lazy::new(FED_NONCES),
                 spool: txn.open_table(SPOOL)?,
                 audit: txn.open_table(AUDIT)?,
                 hashes,
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
-                graphs: txn.open_table(GRAPHS)?,
-                claims: txn.open_table(CLAIMS)?,
+                graphs: Lazy::new(GRAPHS),
+                claims: Lazy::new(CLAIMS),
                 meta,
                 audit_head,
                 spool_stats,
@@ -337,6 +369,7 @@ impl Store {
             (out, b.frontier)
         };
         txn.commit()?;
+        self.generation.fetch_add(1, Ordering::Release);
         *slot = Some(frontier);
         Ok(out)
     }
@@ -358,14 +391,32 @@ impl Store {
         v.map_or(Ok(0), |v| decode_u64(v.value()))
     }
 
-    /// Look a nonce up (check step 15). One short read transaction.
+    /// Look a nonce up (check step 15) in a snapshot that includes every commit that returned
+    /// before this call: the read transaction of the last lookup while no commit came between,
+    /// else a new one.
     pub fn nonce_get(
         &self,
         space: NonceSpace,
         key: &[u8; 24],
     ) -> Result<Option<NonceRecord>, StorageError> {
-        let txn = self.db()?.begin_read()?;
-        let table = txn.open_table(space.table())?;
+        // Read before the snapshot is taken: a commit after it only makes it newer.
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut slot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = match slot.take() {
+            Some(s) if s.generation == generation => slot.insert(s),
+            stale => {
+                drop(stale);
+                slot.insert(NonceSnapshot {
+                    generation,
+                    txn: self.db()?.begin_read()?,
+                    tables: [None, None],
+                })
+            }
+        };
+        let table = match &mut snap.tables[space.index()] {
+            Some(t) => t,
+            empty => empty.insert(snap.txn.open_table(space.table())?),
+        };
         match table.get(key)? {
             Some(v) => Ok(Some(
                 records::decode(v.value()).map_err(|e| corrupt("nonce", e))?,
@@ -423,17 +474,41 @@ where
     }
 }
 
+/// A table of a write transaction opened on first use. Most commits touch only a few tables,
+/// and opening and closing one costs redb about a dozen heap allocations per commit.
+struct Lazy<'t, K: redb::Key + 'static, V: redb::Value + 'static> {
+    def: TableDefinition<'static, K, V>,
+    table: Option<Table<'t, K, V>>,
+}
+
+impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
+    fn new(def: TableDefinition<'static, K, V>) -> Self {
+        Self { def, table: None }
+    }
+
+    fn open(
+        &mut self,
+        txn: &'t redb::WriteTransaction,
+    ) -> Result<&mut Table<'t, K, V>, StorageError> {
+        Ok(match &mut self.table {
+            Some(t) => t,
+            empty => empty.insert(txn.open_table(self.def)?),
+        })
+    }
+}
+
 /// One write transaction's view of every table. Obtained from [`Store::batch`].
 pub struct Batch<'t> {
+    txn: &'t redb::WriteTransaction,
     nonces: Table<'t, [u8; 24], &'static [u8]>,
-    fed_nonces: Table<'t, [u8; 24], &'static [u8]>,
+    fed_nonces: Lazy<'t, [u8; 24], &'static [u8]>,
     spool: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
     hashes: Table<'t, u64, &'static [u8]>,
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
-    graphs: Table<'t, (&'static str, u64), &'static [u8]>,
-    claims: Table<'t, [u8; 24], &'static [u8]>,
+    graphs: Lazy<'t, (&'static str, u64), &'static [u8]>,
+    claims: Lazy<'t, [u8; 24], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     audit_head: AuditHead,
     spool_stats: SpoolStats,
@@ -449,10 +524,13 @@ pub struct Batch<'t> {
 }
 
 impl<'t> Batch<'t> {
-    fn nonce_table(&mut self, space: NonceSpace) -> &mut Table<'t, [u8; 24], &'static [u8]> {
+    fn nonce_table(
+        &mut self,
+        space: NonceSpace,
+    ) -> Result<&mut Table<'t, [u8; 24], &'static [u8]>, StorageError> {
         match space {
-            NonceSpace::Telemetry => &mut self.nonces,
-            NonceSpace::Federation => &mut self.fed_nonces,
+            NonceSpace::Telemetry => Ok(&mut self.nonces),
+            NonceSpace::Federation => self.fed_nonces.open(self.txn),
         }
     }
 
@@ -462,7 +540,7 @@ impl<'t> Batch<'t> {
         space: NonceSpace,
         key: &[u8; 24],
     ) -> Result<Option<NonceRecord>, StorageError> {
-        match self.nonce_table(space).get(key)? {
+        match self.nonce_table(space)?.get(key)? {
             Some(v) => Ok(Some(
                 records::decode(v.value()).map_err(|e| corrupt("nonce", e))?,
             )),
@@ -479,25 +557,25 @@ impl<'t> Batch<'t> {
     ) -> Result<(), StorageError> {
         let mut buf = std::mem::take(&mut self.buf);
         records::encode(rec, &mut buf).map_err(|e| corrupt("nonce", e))?;
-        self.nonce_table(space).insert(key, buf.as_slice())?;
+        self.nonce_table(space)?.insert(key, buf.as_slice())?;
         self.buf = buf;
         Ok(())
     }
 
     /// Whether a cluster claim is held for `key`.
     pub fn claim_exists(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
-        Ok(self.claims.get(key)?.is_some())
+        Ok(self.claims.open(self.txn)?.get(key)?.is_some())
     }
 
     /// Hold a cluster claim (an encoded [`Claim`]).
     pub fn claim_insert(&mut self, key: &[u8; 24], claim: &[u8]) -> Result<(), StorageError> {
-        self.claims.insert(key, claim)?;
+        self.claims.open(self.txn)?.insert(key, claim)?;
         Ok(())
     }
 
     /// Drop a cluster claim. Returns whether it was held.
     pub fn claim_remove(&mut self, key: &[u8; 24]) -> Result<bool, StorageError> {
-        Ok(self.claims.remove(key)?.is_some())
+        Ok(self.claims.open(self.txn)?.remove(key)?.is_some())
     }
 
     /// Delete every nonce whose signed timestamp is below `before_ts`, and raise the space's
@@ -518,7 +596,7 @@ impl<'t> Batch<'t> {
         let mut upper = [0u8; 24];
         upper[..8].copy_from_slice(&before_ts.to_be_bytes());
         let mut n = 0u64;
-        self.nonce_table(space).retain_in(..upper, |_, _| {
+        self.nonce_table(space)?.retain_in(..upper, |_, _| {
             n += 1;
             false
         })?;
@@ -533,8 +611,9 @@ impl<'t> Batch<'t> {
         rec: &GraphRecord,
         retention: u64,
     ) -> Result<u64, StorageError> {
+        let graphs = self.graphs.open(self.txn)?;
         let bounds = {
-            let mut range = self.graphs.range((tenant, 0)..=(tenant, u64::MAX))?;
+            let mut range = graphs.range((tenant, 0)..=(tenant, u64::MAX))?;
             let first = range.next().transpose()?.map(|(k, _)| k.value().1);
             let last = range.next_back().transpose()?.map(|(k, _)| k.value().1);
             first.map(|f| (f, last.unwrap_or(f)))
@@ -545,13 +624,13 @@ impl<'t> Batch<'t> {
         };
         let mut buf = std::mem::take(&mut self.buf);
         records::encode(rec, &mut buf).map_err(|e| corrupt("graph", e))?;
-        self.graphs.insert((tenant, next), buf.as_slice())?;
+        graphs.insert((tenant, next), buf.as_slice())?;
         self.buf = buf;
         // Sequences are contiguous (only the oldest are deleted), so the count is a difference.
         let keep = retention.max(1);
         let mut oldest = first;
         while next + 1 - oldest > keep {
-            self.graphs.remove((tenant, oldest))?;
+            graphs.remove((tenant, oldest))?;
             oldest += 1;
         }
         Ok(next)

@@ -497,3 +497,33 @@ fn kill_switch_survives_reopen_and_failed_batches() {
     assert_eq!(found, engaged);
     assert!(found.engaged());
 }
+
+#[test]
+fn nonce_lookups_see_every_returned_commit_and_let_reopen_proceed() {
+    let (_d, store) = temp_store();
+    let k = nonce_key(9, "n");
+    // The first lookups share one snapshot; a commit after them must not stay hidden.
+    assert_eq!(store.nonce_get(NonceSpace::Telemetry, &k).unwrap(), None);
+    assert_eq!(store.nonce_get(NonceSpace::Federation, &k).unwrap(), None);
+    store
+        .batch(|b| b.nonce_insert(NonceSpace::Telemetry, &k, &rec(9)))
+        .unwrap();
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &k).unwrap(),
+        Some(rec(9))
+    );
+    // A commit that leaves the nonce tables alone still refreshes the snapshot.
+    store
+        .batch(|b| b.nonce_insert(NonceSpace::Federation, &k, &rec(9)))
+        .unwrap();
+    assert_eq!(
+        store.nonce_get(NonceSpace::Federation, &k).unwrap(),
+        Some(rec(9))
+    );
+    // The held snapshot keeps the file open; a reopen lets go of it first.
+    store.reopen().unwrap();
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &k).unwrap(),
+        Some(rec(9))
+    );
+}

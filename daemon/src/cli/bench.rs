@@ -267,8 +267,9 @@ fn status(w: &Where) -> Option<serde_json::Value> {
     serde_json::from_str(lines.first()?).ok()
 }
 
-/// The gateway's heap counters (`alloc-count` builds) from `/metrics` on its ops listener.
-fn heap_totals(ops: Option<std::net::SocketAddr>) -> Option<(u64, u64)> {
+/// The gateway's heap counters (`alloc-count` builds) from `/metrics` on its ops listener:
+/// allocations, bytes, group commits, decisions committed.
+fn heap_totals(ops: Option<std::net::SocketAddr>) -> Option<[u64; 4]> {
     use std::io::{Read, Write};
     let mut tcp = std::net::TcpStream::connect_timeout(&ops?, Duration::from_secs(2)).ok()?;
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
@@ -285,10 +286,12 @@ fn heap_totals(ops: Option<std::net::SocketAddr>) -> Option<(u64, u64)> {
                 .ok()
         })
     };
-    Some((
+    Some([
         value("vvgate_heap_allocations_total")?,
         value("vvgate_heap_allocated_bytes_total")?,
-    ))
+        value("vvgate_storage_commits_total")?,
+        value("vvgate_storage_committed_ops_total")?,
+    ])
 }
 
 struct ThreadResult {
@@ -488,10 +491,10 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     // event loop, storage, forwarder).
     #[allow(clippy::cast_precision_loss)]
     let heap = match (heap0, heap1) {
-        (Some((a0, b0)), Some((a1, b1))) if ok > 0 => Some((
-            a1.saturating_sub(a0) as f64 / ok as f64,
-            b1.saturating_sub(b0) as f64 / ok as f64,
-        )),
+        (Some(h0), Some(h1)) if ok > 0 => {
+            let d = |i: usize| h1[i].saturating_sub(h0[i]) as f64;
+            Some((d(0) / ok as f64, d(1) / ok as f64, d(3) / d(2).max(1.0)))
+        }
         _ => None,
     };
     let load_after = loadavg();
@@ -520,7 +523,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     };
     if args.json {
         println!(
-            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{},\"heap_allocs_per_request\":{},\"heap_bytes_per_request\":{},\"bad_mixed\":{bad},\"statuses\":{}}}",
+            "{{\"reference_verify_us\":{reference:.1},\"connections\":{conns},\"idle\":{},\"duration_s\":{measured:.3},\"requests\":{n},\"accepted\":{ok},\"errors\":{errors},\"rps\":{rps:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"gateway_cpu_us_per_request\":{cpu_us:.1},\"gateway_cpu_percent\":{cpu_share:.1},\"gateway_rss_kib\":{rss},\"gateway_peak_rss_kib\":{peak},\"load_before\":\"{load_before}\",\"load_after\":\"{load_after}\",\"queue_acks_per_s\":{},\"spool_left_at_end\":{},\"spool_drained_s\":{},\"heap_allocs_per_request\":{},\"heap_bytes_per_request\":{},\"decisions_per_commit\":{},\"bad_mixed\":{bad},\"statuses\":{}}}",
             args.idle,
             pct(0.5),
             pct(0.99),
@@ -530,6 +533,7 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
             queue.and_then(|q| q.2).map_or("null".to_owned(), |d| format!("{d:.3}")),
             heap.map_or("null".to_owned(), |h| format!("{:.2}", h.0)),
             heap.map_or("null".to_owned(), |h| format!("{:.0}", h.1)),
+            heap.map_or("null".to_owned(), |h| format!("{:.1}", h.2)),
             serde_json::to_string(&statuses).unwrap_or_default(),
         );
     } else {
@@ -566,9 +570,9 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
                 drained.map_or_else(|| "more than 60 s".to_owned(), |d| format!("{d:.2} s"))
             );
         }
-        if let Some((allocs, bytes)) = heap {
+        if let Some((allocs, bytes, group)) = heap {
             println!(
-                "heap        {allocs:.2} allocations, {bytes:.0} bytes per accepted request (gateway, all threads)"
+                "heap        {allocs:.2} allocations, {bytes:.0} bytes per accepted request (gateway, all threads); {group:.1} decisions per group commit"
             );
         }
         println!("load        {load_before} -> {load_after}");

@@ -228,7 +228,8 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             // The event also fires for changes that concern other connections (a reload that
             // revoked one certificate): then this one goes on waiting.
             let got = loop {
-                let closing = svc.closing_event().listen();
+                // On the stack: `Event::listen` would box a listener for every request.
+                event_listener::listener!(svc.closing_event() => closing);
                 if svc.closing(conn) {
                     break None;
                 }

@@ -255,7 +255,7 @@ pub async fn telemetry(
     };
     let envelope = Envelope {
         kind: EnvelopeKind::Ingest,
-        msg_id: accepted.message_id.as_str().to_owned(),
+        msg_id: gw.committer.shared.recycled.msg_id(&accepted.message_id),
         integrity_hash: accepted.integrity_hash,
         body: accepted.envelope,
     };
@@ -523,7 +523,9 @@ fn evaluate_body(
         envelope::write_ingest_trace(&mut st.trace, &req);
         let message_id = ids::uuid_text(&gw.new_request_id());
         let created_at = time::iso(now);
-        let mut env = Vec::with_capacity(st.payload.len() + st.trace.len() + 192);
+        // Buffers come back from the storage thread once their decision is committed.
+        let recycled = &gw.committer.shared.recycled;
+        let mut env = recycled.body(st.payload.len() + st.trace.len() + 192);
         let integrity_hash = envelope::write(
             &mut env,
             "ingest",
@@ -535,7 +537,7 @@ fn evaluate_body(
 
         let key_id = ids::hex32(&ids::sha256(&signed.key));
         let body_hash = ids::hex32(body_sha256);
-        let mut details = Vec::with_capacity(640);
+        let mut details = recycled.small(640);
         let mut fields = heapless::Vec::<(&str, Detail<'_>), 13>::new();
         let _ = fields.extend_from_slice(&[
             ("request_id", Detail::Str(&ctx.request_id_text)),
