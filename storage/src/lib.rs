@@ -6,7 +6,8 @@
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
 //! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
 //! | `audit` | u64 index of the row's first entry | the CJSON lines of the entries one group commit appended, joined by `\n` (one row per commit, not per entry) |
-//! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
+//! | `audit_hashes` | u64 block number | 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]); only complete blocks |
+//! | `audit_hashes_tail` | u64 stored index of the row's first hash | the stored hashes one group commit added to the block not yet complete (deleted when the block is written whole) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
 //! | `graphs` | (tenant id, u64 sequence per tenant) | [`GraphRecord`]: metadata of an accepted execution graph; the newest `retention` per tenant are kept |
@@ -43,7 +44,7 @@ pub use records::{
 };
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
 const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
@@ -52,6 +53,8 @@ const SPOOL: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
 const AUDIT_HASHES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("audit_hashes");
+const AUDIT_HASHES_TAIL: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("audit_hashes_tail");
 const AUDIT_HASHES_KEPT: TableDefinition<'static, u64, [u8; 32]> =
     TableDefinition::new("audit_hashes_kept");
 const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
@@ -244,6 +247,7 @@ impl Store {
             txn.open_table(SPOOL)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HASHES)?;
+            txn.open_table(AUDIT_HASHES_TAIL)?;
             txn.open_table(AUDIT_HASHES_KEPT)?;
             txn.open_table(CHECKPOINTS)?;
             txn.open_table(GRAPHS)?;
@@ -255,6 +259,11 @@ impl Store {
             };
             match found {
                 Some(FORMAT_VERSION) => {}
+                // Format 3 rewrote the block being filled at every commit: it becomes tail rows.
+                Some(3) => {
+                    audit::move_partial_block(&txn)?;
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
                 // Format 2 had no Merkle tree: build it from the entries once.
                 Some(2) => {
                     let head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
@@ -304,11 +313,15 @@ impl Store {
             let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
             let hashes = txn.open_table(AUDIT_HASHES)?;
+            let tail = txn.open_table(AUDIT_HASHES_TAIL)?;
             let kept = txn.open_table(AUDIT_HASHES_KEPT)?;
             // Taken out of the slot: a failed transaction leaves it empty, to be reloaded.
             let frontier = match slot.take() {
                 Some(f) if f.size() == audit_head.index => f,
-                _ => tree::Frontier::load(audit_head.index, &audit::Hashes::new(&hashes, &kept))?,
+                _ => tree::Frontier::load(
+                    audit_head.index,
+                    &audit::Hashes::new(&hashes, &tail, &kept),
+                )?,
             };
             let mut b = Batch {
                 nonces: txn.open_table(NONCES)?,
@@ -316,6 +329,7 @@ impl Store {
                 spool: txn.open_table(SPOOL)?,
                 audit: txn.open_table(AUDIT)?,
                 hashes,
+                tail,
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
                 graphs: txn.open_table(GRAPHS)?,
@@ -430,6 +444,7 @@ pub struct Batch<'t> {
     spool: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
     hashes: Table<'t, u64, &'static [u8]>,
+    tail: Table<'t, u64, &'static [u8]>,
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
     graphs: Table<'t, (&'static str, u64), &'static [u8]>,
