@@ -612,6 +612,16 @@ impl<'t> Batch<'t> {
     /// Append audit entry `head.index` (its CJSON line, which is also its Merkle leaf) and
     /// move the head to `head`. The caller computes the chain; indexes must be contiguous.
     pub fn audit_append(&mut self, head: AuditHead, line: &[u8]) -> Result<(), StorageError> {
+        self.audit_append_parts(head, &[line])
+    }
+
+    /// [`Batch::audit_append`] with the line given as consecutive parts (hashed and stored
+    /// as if concatenated, without joining them first).
+    pub fn audit_append_parts(
+        &mut self,
+        head: AuditHead,
+        parts: &[&[u8]],
+    ) -> Result<(), StorageError> {
         if head.index != self.audit_head.index + 1 {
             return Err(StorageError::Corrupt {
                 what: "audit head",
@@ -621,7 +631,7 @@ impl<'t> Batch<'t> {
                 ),
             });
         }
-        if line.contains(&b'\n') {
+        if parts.iter().any(|p| p.contains(&b'\n')) {
             return Err(StorageError::Corrupt {
                 what: "audit entry",
                 detail: "an entry line contains a newline".into(),
@@ -630,9 +640,11 @@ impl<'t> Batch<'t> {
         if !self.pending_lines.is_empty() {
             self.pending_lines.push(b'\n');
         }
-        self.pending_lines.extend_from_slice(line);
+        for p in parts {
+            self.pending_lines.extend_from_slice(p);
+        }
         self.frontier
-            .append(tree::leaf_hash(line), &mut self.pending);
+            .append(tree::leaf_hash_parts(parts), &mut self.pending);
         self.audit_head = head;
         Ok(())
     }
