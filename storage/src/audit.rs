@@ -1,52 +1,93 @@
 //! The audit log's Merkle tree and checkpoints in redb.
 //!
-//! Stored hashes ([`crate::tree`]) are written in blocks of 256 (8 KiB) keyed by
-//! `stored index / 256`: a group commit of a few hundred entries rewrites one or two blocks
-//! instead of inserting two rows per entry. Blocks below a pruning point are deleted once the
-//! few high-level hashes later proofs still need are copied to `audit_hashes_kept`.
+//! Stored hashes ([`crate::tree`]) live in blocks of 256 (8 KiB) keyed by `stored index /
+//! 256`. A group commit never rewrites a block: the hashes of a block that is not complete yet
+//! are appended as small rows of `audit_hashes_tail` (one per group commit, keyed by the stored
+//! index of its first hash), and the commit that completes a block writes it whole to
+//! `audit_hashes` and deletes that block's tail rows. So a commit of a few entries writes a few
+//! hundred bytes of hashes instead of copying an 8 KiB block (format 3 did that). Blocks below
+//! a pruning point are deleted once the few high-level hashes later proofs still need are
+//! copied to `audit_hashes_kept`.
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::tree::{self, Frontier, Hash, HashSource, TreeError};
 use crate::{
     read_meta, records, AuditHead, AuditRetention, Batch, Reader, StorageError, AUDIT,
-    AUDIT_HASHES, AUDIT_HASHES_KEPT, CHECKPOINTS, META, META_AUDIT_RETENTION,
+    AUDIT_HASHES, AUDIT_HASHES_KEPT, AUDIT_HASHES_TAIL, CHECKPOINTS, META, META_AUDIT_RETENTION,
 };
 
 /// Stored hashes per block.
 pub(crate) const BLOCK: u64 = 256;
 const HASH: usize = 32;
 
-/// Stored hashes read from the block table, falling back to the kept hashes of pruned blocks.
-pub(crate) struct Hashes<'a, B, K> {
+/// The hash at byte offset `(index - first) * 32` of a row whose first hash has stored index
+/// `first`, if the row reaches that far.
+fn hash_in(data: &[u8], first: u64, index: u64) -> Option<Hash> {
+    let off = usize::try_from(index.checked_sub(first)?)
+        .ok()?
+        .checked_mul(HASH)?;
+    data.get(off..off + HASH)?.try_into().ok()
+}
+
+/// Rows read last, so that neighbouring indexes cost one lookup.
+#[derive(Default)]
+struct ReadCache {
+    block: Option<(u64, Vec<u8>)>,
+    tail: Option<(u64, Vec<u8>)>,
+}
+
+/// Stored hashes read from the complete blocks, the tail rows of the block being filled, and
+/// the kept hashes of pruned blocks, in that order.
+pub(crate) struct Hashes<'a, B, T, K> {
     blocks: &'a B,
+    tail: &'a T,
     kept: &'a K,
 }
 
-impl<'a, B, K> Hashes<'a, B, K>
+impl<'a, B, T, K> Hashes<'a, B, T, K>
 where
     B: ReadableTable<u64, &'static [u8]>,
+    T: ReadableTable<u64, &'static [u8]>,
     K: ReadableTable<u64, [u8; 32]>,
 {
-    pub(crate) fn new(blocks: &'a B, kept: &'a K) -> Self {
-        Self { blocks, kept }
+    pub(crate) fn new(blocks: &'a B, tail: &'a T, kept: &'a K) -> Self {
+        Self { blocks, tail, kept }
     }
 
-    fn read_one(&self, index: u64, cache: &mut Option<(u64, Vec<u8>)>) -> Result<Hash, TreeError> {
+    fn read_one(&self, index: u64, cache: &mut ReadCache) -> Result<Hash, TreeError> {
         let read = |e: redb::StorageError| TreeError::Read(e.to_string());
         let block = index / BLOCK;
-        if cache.as_ref().is_none_or(|(b, _)| *b != block) {
+        if cache.block.as_ref().is_none_or(|(b, _)| *b != block) {
             let data = self.blocks.get(block).map_err(read)?;
-            *cache = data.map(|d| (block, d.value().to_vec()));
+            cache.block = data.map(|d| (block, d.value().to_vec()));
         }
-        if let Some((b, data)) = cache.as_ref() {
+        if let Some((b, data)) = cache.block.as_ref() {
             if *b == block {
-                let off = usize::try_from(index % BLOCK).unwrap_or(usize::MAX) * HASH;
-                if let Some(h) = data.get(off..off + HASH) {
-                    let mut out = [0u8; 32];
-                    out.copy_from_slice(h);
-                    return Ok(out);
+                if let Some(h) = hash_in(data, block * BLOCK, index) {
+                    return Ok(h);
                 }
+            }
+        }
+        if let Some((first, data)) = cache.tail.as_ref() {
+            if let Some(h) = hash_in(data, *first, index) {
+                return Ok(h);
+            }
+        }
+        // Tail rows never cross a block boundary: only this block's rows can hold it.
+        let row = self
+            .tail
+            .range(block * BLOCK..=index)
+            .map_err(read)?
+            .next_back()
+            .transpose()
+            .map_err(read)?;
+        if let Some((k, v)) = row {
+            let (first, data) = (k.value(), v.value().to_vec());
+            let h = hash_in(&data, first, index);
+            cache.tail = Some((first, data));
+            if let Some(h) = h {
+                return Ok(h);
             }
         }
         match self.kept.get(index).map_err(read)? {
@@ -56,13 +97,14 @@ where
     }
 }
 
-impl<B, K> HashSource for Hashes<'_, B, K>
+impl<B, T, K> HashSource for Hashes<'_, B, T, K>
 where
     B: ReadableTable<u64, &'static [u8]>,
+    T: ReadableTable<u64, &'static [u8]>,
     K: ReadableTable<u64, [u8; 32]>,
 {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, TreeError> {
-        let mut cache = None;
+        let mut cache = ReadCache::default();
         indexes
             .iter()
             .map(|&i| self.read_one(i, &mut cache))
@@ -70,39 +112,84 @@ where
     }
 }
 
-/// Append `hashes` at stored index `start` to the block table.
-fn write_hashes(
-    blocks: &mut Table<'_, u64, &'static [u8]>,
-    mut start: u64,
-    mut hashes: &[Hash],
-) -> Result<(), StorageError> {
-    let mut data = Vec::with_capacity(8192);
-    while !hashes.is_empty() {
-        let block = start / BLOCK;
-        let off = start % BLOCK;
-        data.clear();
-        if off > 0 {
-            if let Some(v) = blocks.get(block)? {
-                data.extend_from_slice(v.value());
+/// The tables stored hashes are appended to.
+pub(crate) struct HashTables<'x, 't> {
+    pub(crate) blocks: &'x mut Table<'t, u64, &'static [u8]>,
+    pub(crate) tail: &'x mut Table<'t, u64, &'static [u8]>,
+}
+
+impl HashTables<'_, '_> {
+    /// Append `hashes` at stored index `start` (the number of hashes stored so far): a block
+    /// they complete is written whole and its tail rows are deleted; the rest becomes one tail
+    /// row. `scratch` is reused for the completed block.
+    pub(crate) fn append(
+        &mut self,
+        mut start: u64,
+        mut hashes: &[Hash],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        while !hashes.is_empty() {
+            let block = start / BLOCK;
+            let first = block * BLOCK;
+            let off = start - first;
+            let take = usize::try_from((BLOCK - off).min(hashes.len() as u64)).unwrap_or(0);
+            let (mine, rest) = hashes.split_at(take);
+            if off + take as u64 == BLOCK {
+                scratch.clear();
+                if off > 0 {
+                    for row in self.tail.range(first..start)? {
+                        let (k, v) = row?;
+                        if k.value() != first + (scratch.len() / HASH) as u64 {
+                            return Err(tail_corrupt(block, k.value(), scratch.len()));
+                        }
+                        scratch.extend_from_slice(v.value());
+                    }
+                    if scratch.len() as u64 != off * HASH as u64 {
+                        return Err(tail_corrupt(block, start, scratch.len()));
+                    }
+                    self.tail.retain_in(first..start, |_, _| false)?;
+                }
+                scratch.extend_from_slice(mine.as_flattened());
+                self.blocks.insert(block, scratch.as_slice())?;
+            } else {
+                self.tail.insert(start, mine.as_flattened())?;
             }
-            if data.len() as u64 != off * HASH as u64 {
-                return Err(StorageError::Corrupt {
-                    what: "audit tree block",
-                    detail: format!(
-                        "block {block} holds {} bytes, expected {}",
-                        data.len(),
-                        off * HASH as u64
-                    ),
-                });
+            start += take as u64;
+            hashes = rest;
+        }
+        Ok(())
+    }
+}
+
+fn tail_corrupt(block: u64, at: u64, bytes: usize) -> StorageError {
+    StorageError::Corrupt {
+        what: "audit tree tail",
+        detail: format!(
+            "block {block}: the tail rows before stored index {at} hold {bytes} bytes, not \
+             every hash from the block's start"
+        ),
+    }
+}
+
+/// Format 3 kept the block being filled as a short row of `audit_hashes`, rewritten by every
+/// commit: move it to `audit_hashes_tail` (once, at upgrade to format 4).
+pub(crate) fn move_partial_block(txn: &WriteTransaction) -> Result<(), StorageError> {
+    let mut blocks = txn.open_table(AUDIT_HASHES)?;
+    let mut tail = txn.open_table(AUDIT_HASHES_TAIL)?;
+    let last = blocks.last()?.map(|(k, v)| (k.value(), v.value().to_vec()));
+    if let Some((block, data)) = last {
+        if data.len() % HASH != 0 || data.len() as u64 > BLOCK * HASH as u64 {
+            return Err(StorageError::Corrupt {
+                what: "audit tree block",
+                detail: format!("block {block} holds {} bytes", data.len()),
+            });
+        }
+        if (data.len() as u64) < BLOCK * HASH as u64 {
+            blocks.remove(block)?;
+            if !data.is_empty() {
+                tail.insert(block * BLOCK, data.as_slice())?;
             }
         }
-        let take = usize::try_from((BLOCK - off).min(hashes.len() as u64)).unwrap_or(0);
-        for h in &hashes[..take] {
-            data.extend_from_slice(h);
-        }
-        blocks.insert(block, data.as_slice())?;
-        start += take as u64;
-        hashes = &hashes[take..];
     }
     Ok(())
 }
@@ -140,8 +227,14 @@ where
 pub(crate) fn build_tree(txn: &WriteTransaction, head: &AuditHead) -> Result<(), StorageError> {
     let audit = txn.open_table(AUDIT)?;
     let mut blocks = txn.open_table(AUDIT_HASHES)?;
+    let mut tail = txn.open_table(AUDIT_HASHES_TAIL)?;
+    let mut out = HashTables {
+        blocks: &mut blocks,
+        tail: &mut tail,
+    };
     let mut frontier = Frontier::default();
-    let mut pending = Vec::new();
+    let (mut pending, mut scratch) = (Vec::new(), Vec::new());
+    let mut flushed = 0u64;
     for row in audit.iter()? {
         let (k, v) = row?;
         if k.value() != frontier.size() + 1 {
@@ -151,12 +244,15 @@ pub(crate) fn build_tree(txn: &WriteTransaction, head: &AuditHead) -> Result<(),
             });
         }
         for line in v.value().split(|&b| b == b'\n') {
-            let start = tree::stored_hash_count(frontier.size());
-            pending.clear();
             frontier.append(tree::leaf_hash(line), &mut pending);
-            write_hashes(&mut blocks, start, &pending)?;
+        }
+        if pending.len() as u64 >= 64 * BLOCK {
+            out.append(flushed, &pending, &mut scratch)?;
+            flushed += pending.len() as u64;
+            pending.clear();
         }
     }
+    out.append(flushed, &pending, &mut scratch)?;
     if frontier.size() != head.index {
         return Err(StorageError::Corrupt {
             what: "audit head",
@@ -177,7 +273,11 @@ impl Batch<'_> {
             return Ok(());
         }
         let start = tree::stored_hash_count(self.start_head.index);
-        write_hashes(&mut self.hashes, start, &self.pending)?;
+        HashTables {
+            blocks: &mut self.hashes,
+            tail: &mut self.tail,
+        }
+        .append(start, &self.pending, &mut self.buf)?;
         self.pending.clear();
         Ok(())
     }
@@ -210,7 +310,7 @@ impl Batch<'_> {
         }
         Ok(tree::tree_hash(
             size,
-            &Hashes::new(&self.hashes, &self.kept),
+            &Hashes::new(&self.hashes, &self.tail, &self.kept),
         )?)
     }
 
@@ -276,7 +376,7 @@ impl Batch<'_> {
                     continue;
                 }
                 let index = tree::stored_hash_index(level, n);
-                let h = Hashes::new(&self.hashes, &self.kept)
+                let h = Hashes::new(&self.hashes, &self.tail, &self.kept)
                     .read_hashes(&[index])?
                     .pop()
                     .ok_or(StorageError::Tree(TreeError::Missing(index)))?;
@@ -339,12 +439,18 @@ impl Reader {
     fn with_hashes<T>(
         &self,
         f: impl FnOnce(
-            &Hashes<'_, redb::ReadOnlyTable<u64, &'static [u8]>, redb::ReadOnlyTable<u64, [u8; 32]>>,
+            &Hashes<
+                '_,
+                redb::ReadOnlyTable<u64, &'static [u8]>,
+                redb::ReadOnlyTable<u64, &'static [u8]>,
+                redb::ReadOnlyTable<u64, [u8; 32]>,
+            >,
         ) -> Result<T, TreeError>,
     ) -> Result<T, StorageError> {
         let blocks = self.txn.open_table(AUDIT_HASHES)?;
+        let tail = self.txn.open_table(AUDIT_HASHES_TAIL)?;
         let kept = self.txn.open_table(AUDIT_HASHES_KEPT)?;
-        Ok(f(&Hashes::new(&blocks, &kept))?)
+        Ok(f(&Hashes::new(&blocks, &tail, &kept))?)
     }
 
     fn check_size(&self, size: u64) -> Result<(), StorageError> {

@@ -6,7 +6,8 @@
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
 //! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
 //! | `audit` | u64 index of the row's first entry | the CJSON lines of the entries one group commit appended, joined by `\n` (one row per commit, not per entry) |
-//! | `audit_hashes` | u64 block number | up to 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]) |
+//! | `audit_hashes` | u64 block number | 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]); only complete blocks |
+//! | `audit_hashes_tail` | u64 stored index of the row's first hash | the stored hashes one group commit added to the block not yet complete (deleted when the block is written whole) |
 //! | `audit_hashes_kept` | u64 stored index | a hash of a pruned block still needed for later proofs |
 //! | `checkpoints` | u64 tree size | the signed checkpoint note (C2SP signed-note), cosignatures appended |
 //! | `graphs` | (tenant id, u64 sequence per tenant) | [`GraphRecord`]: metadata of an accepted execution graph; the newest `retention` per tenant are kept |
@@ -44,7 +45,7 @@ pub use records::{
 };
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
 const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
@@ -53,6 +54,8 @@ const SPOOL: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
 const AUDIT_HASHES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("audit_hashes");
+const AUDIT_HASHES_TAIL: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("audit_hashes_tail");
 const AUDIT_HASHES_KEPT: TableDefinition<'static, u64, [u8; 32]> =
     TableDefinition::new("audit_hashes_kept");
 const CHECKPOINTS: TableDefinition<'static, u64, &'static [u8]> =
@@ -275,6 +278,7 @@ impl Store {
             txn.open_table(SPOOL)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HASHES)?;
+            txn.open_table(AUDIT_HASHES_TAIL)?;
             txn.open_table(AUDIT_HASHES_KEPT)?;
             txn.open_table(CHECKPOINTS)?;
             txn.open_table(GRAPHS)?;
@@ -286,6 +290,11 @@ impl Store {
             };
             match found {
                 Some(FORMAT_VERSION) => {}
+                // Format 3 rewrote the block being filled at every commit: it becomes tail rows.
+                Some(3) => {
+                    audit::move_partial_block(&txn)?;
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
                 // Format 2 had no Merkle tree: build it from the entries once.
                 Some(2) => {
                     let head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
@@ -335,11 +344,15 @@ impl Store {
             let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
             let hashes = txn.open_table(AUDIT_HASHES)?;
+            let tail = txn.open_table(AUDIT_HASHES_TAIL)?;
             let kept = txn.open_table(AUDIT_HASHES_KEPT)?;
             // Taken out of the slot: a failed transaction leaves it empty, to be reloaded.
             let frontier = match slot.take() {
                 Some(f) if f.size() == audit_head.index => f,
-                _ => tree::Frontier::load(audit_head.index, &audit::Hashes::new(&hashes, &kept))?,
+                _ => tree::Frontier::load(
+                    audit_head.index,
+                    &audit::Hashes::new(&hashes, &tail, &kept),
+                )?,
             };
             let mut b = Batch {
                 txn: &txn,
@@ -348,6 +361,7 @@ impl Store {
                 spool: txn.open_table(SPOOL)?,
                 audit: txn.open_table(AUDIT)?,
                 hashes,
+                tail,
                 kept,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
                 graphs: Lazy::new(GRAPHS),
@@ -505,6 +519,7 @@ pub struct Batch<'t> {
     spool: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
     hashes: Table<'t, u64, &'static [u8]>,
+    tail: Table<'t, u64, &'static [u8]>,
     kept: Table<'t, u64, [u8; 32]>,
     checkpoints: Table<'t, u64, &'static [u8]>,
     graphs: Lazy<'t, (&'static str, u64), &'static [u8]>,
@@ -676,6 +691,16 @@ impl<'t> Batch<'t> {
     /// Append audit entry `head.index` (its CJSON line, which is also its Merkle leaf) and
     /// move the head to `head`. The caller computes the chain; indexes must be contiguous.
     pub fn audit_append(&mut self, head: AuditHead, line: &[u8]) -> Result<(), StorageError> {
+        self.audit_append_parts(head, &[line])
+    }
+
+    /// [`Batch::audit_append`] with the line given as consecutive parts (hashed and stored
+    /// as if concatenated, without joining them first).
+    pub fn audit_append_parts(
+        &mut self,
+        head: AuditHead,
+        parts: &[&[u8]],
+    ) -> Result<(), StorageError> {
         if head.index != self.audit_head.index + 1 {
             return Err(StorageError::Corrupt {
                 what: "audit head",
@@ -685,7 +710,7 @@ impl<'t> Batch<'t> {
                 ),
             });
         }
-        if line.contains(&b'\n') {
+        if parts.iter().any(|p| p.contains(&b'\n')) {
             return Err(StorageError::Corrupt {
                 what: "audit entry",
                 detail: "an entry line contains a newline".into(),
@@ -694,9 +719,11 @@ impl<'t> Batch<'t> {
         if !self.pending_lines.is_empty() {
             self.pending_lines.push(b'\n');
         }
-        self.pending_lines.extend_from_slice(line);
+        for p in parts {
+            self.pending_lines.extend_from_slice(p);
+        }
         self.frontier
-            .append(tree::leaf_hash(line), &mut self.pending);
+            .append(tree::leaf_hash_parts(parts), &mut self.pending);
         self.audit_head = head;
         Ok(())
     }

@@ -327,6 +327,7 @@ fn a_format_2_database_gets_its_tree_built() {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         txn.delete_table(AUDIT_HASHES).unwrap();
+        txn.delete_table(AUDIT_HASHES_TAIL).unwrap();
         {
             let mut meta = txn.open_table(META).unwrap();
             meta.insert(META_FORMAT, 2u32.to_be_bytes().as_slice())
@@ -338,6 +339,133 @@ fn a_format_2_database_gets_its_tree_built() {
     let (_, roots) = memory_tree(599);
     assert_eq!(store.read().unwrap().tree_hash(599).unwrap(), roots[599]);
     assert_eq!(store.read().unwrap().tree_hash(77).unwrap(), roots[77]);
+    drop(store);
+    assert_hash_layout(&path, 599);
+}
+
+/// Every row of `audit_hashes` is a complete block, and `audit_hashes_tail` holds exactly the
+/// hashes of the block being filled, in contiguous rows.
+fn assert_hash_layout(path: &std::path::Path, entries: u64) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let stored = tree::stored_hash_count(entries);
+    let full = stored / audit::BLOCK;
+    let blocks = txn.open_table(AUDIT_HASHES).unwrap();
+    let mut n = 0;
+    for row in blocks.iter().unwrap() {
+        let (k, v) = row.unwrap();
+        assert_eq!(k.value(), n, "blocks are contiguous");
+        assert_eq!(v.value().len(), 8192, "block {n} is complete");
+        n += 1;
+    }
+    assert_eq!(n, full);
+    let tail = txn.open_table(AUDIT_HASHES_TAIL).unwrap();
+    let mut next = full * audit::BLOCK;
+    for row in tail.iter().unwrap() {
+        let (k, v) = row.unwrap();
+        assert_eq!(k.value(), next, "tail rows are contiguous");
+        next += v.value().len() as u64 / 32;
+    }
+    assert_eq!(next, stored);
+}
+
+#[test]
+fn small_commits_append_tail_rows_and_complete_blocks_whole() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    let mut next = 1u64;
+    {
+        let store = Store::open(&path, 1 << 20).unwrap();
+        // One entry per commit across two block boundaries, then a commit spanning blocks.
+        for _ in 0..300 {
+            append_entries(&store, next..next + 1);
+            next += 1;
+        }
+        append_entries(&store, next..next + 700);
+        next += 700;
+        for _ in 0..5 {
+            append_entries(&store, next..next + 3);
+            next += 3;
+        }
+    }
+    let n = next - 1;
+    assert_hash_layout(&path, n);
+    let store = Store::open(&path, 1 << 20).unwrap();
+    let (stored, roots) = memory_tree(n);
+    let r = store.read().unwrap();
+    for size in [1, 127, 128, 129, 300, 301, 999, 1000, n] {
+        assert_eq!(
+            r.tree_hash(size).unwrap(),
+            roots[size as usize],
+            "size {size}"
+        );
+    }
+    for index in [1, 200, 1000, n] {
+        assert_eq!(
+            r.prove_entry(n, index).unwrap(),
+            tree::prove_record(n, index - 1, stored.as_slice()).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_format_3_database_moves_its_partial_block_to_the_tail() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path, 1 << 20).unwrap();
+        append_entries(&store, 1..400);
+        append_entries(&store, 400..601);
+    }
+    {
+        // What format 3 looked like: the block being filled as a short row of the block table.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut partial = Vec::new();
+            let tail = txn.open_table(AUDIT_HASHES_TAIL).unwrap();
+            for row in tail.iter().unwrap() {
+                partial.extend_from_slice(row.unwrap().1.value());
+            }
+            assert!(!partial.is_empty());
+            let full = tree::stored_hash_count(600) / audit::BLOCK;
+            txn.open_table(AUDIT_HASHES)
+                .unwrap()
+                .insert(full, partial.as_slice())
+                .unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_FORMAT, 3u32.to_be_bytes().as_slice())
+                .unwrap();
+        }
+        txn.delete_table(AUDIT_HASHES_TAIL).unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let (stored, roots) = memory_tree(600);
+        let r = store.read().unwrap();
+        assert_eq!(r.tree_hash(600).unwrap(), roots[600]);
+        assert_eq!(r.tree_hash(513).unwrap(), roots[513]);
+        assert_eq!(
+            r.prove_entry(600, 599).unwrap(),
+            tree::prove_record(600, 598, stored.as_slice()).unwrap()
+        );
+        drop(r);
+        // Appends go on from the moved tail and complete its block.
+        append_entries(&store, 601..700);
+    }
+    assert_hash_layout(&path, 699);
+    let store = Store::open(&path, 1 << 20).unwrap();
+    let (_, roots) = memory_tree(699);
+    assert_eq!(store.read().unwrap().tree_hash(699).unwrap(), roots[699]);
+    let db_format = {
+        drop(store);
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        decode_u32(meta.get(META_FORMAT).unwrap().unwrap().value()).unwrap()
+    };
+    assert_eq!(db_format, FORMAT_VERSION);
 }
 
 #[test]

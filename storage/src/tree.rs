@@ -43,9 +43,16 @@ pub enum TreeError {
 
 /// Leaf hash: `SHA-256(0x00 ‖ data)`.
 pub fn leaf_hash(data: &[u8]) -> Hash {
+    leaf_hash_parts(&[data])
+}
+
+/// Leaf hash of `parts` concatenated.
+pub fn leaf_hash_parts(parts: &[&[u8]]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
-    h.update(data);
+    for p in parts {
+        h.update(p);
+    }
     h.finalize().into()
 }
 
@@ -503,6 +510,12 @@ mod tests {
             roots.push(f.root());
         }
         (stored, roots, leaves)
+    }
+
+    #[test]
+    fn leaf_hash_of_parts_is_the_leaf_hash_of_their_concatenation() {
+        assert_eq!(leaf_hash_parts(&[b"ab", b"", b"c"]), leaf_hash(b"abc"));
+        assert_eq!(leaf_hash_parts(&[]), leaf_hash(b""));
     }
 
     #[test]

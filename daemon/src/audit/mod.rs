@@ -61,8 +61,35 @@ pub fn encode_entry(
     line: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> [u8; 32] {
-    // The hashed object is the line without `entry_hash`; in key order `entry_hash` comes
-    // right after `details`, so the line is the hashed object with it spliced in there.
+    let (hash, split) = encode_hashed(
+        index,
+        timestamp,
+        event_type,
+        actor,
+        details,
+        previous_hash,
+        scratch,
+    );
+    let hex = ids::hex32(&hash);
+    line.clear();
+    for part in line_parts(scratch, split, &hex) {
+        line.extend_from_slice(part);
+    }
+    hash
+}
+
+/// Write the hashed object (the entry without `entry_hash`) into `scratch` and hash it.
+/// Returns the entry hash and where `entry_hash` goes in the line: in key order it comes right
+/// after `details`, so the line is the hashed object with it spliced in there.
+fn encode_hashed(
+    index: u64,
+    timestamp: &str,
+    event_type: &str,
+    actor: &str,
+    details: &[u8],
+    previous_hash: &str,
+    scratch: &mut Vec<u8>,
+) -> ([u8; 32], usize) {
     scratch.clear();
     let mut w = Cjson::new(scratch);
     w.begin_obj()
@@ -81,14 +108,13 @@ pub fn encode_entry(
         .key("timestamp")
         .str(timestamp)
         .end_obj();
-    let hash = ids::sha256(scratch);
-    line.clear();
-    line.extend_from_slice(&scratch[..split]);
-    line.extend_from_slice(b",\"entry_hash\":\"");
-    line.extend_from_slice(ids::hex32(&hash).as_bytes());
-    line.push(b'"');
-    line.extend_from_slice(&scratch[split..]);
-    hash
+    (ids::sha256(scratch), split)
+}
+
+/// The entry line as parts of the hashed object and the entry hash, without copying them.
+fn line_parts<'a>(hashed: &'a [u8], split: usize, hex: &'a str) -> [&'a [u8]; 5] {
+    let (head, tail) = hashed.split_at(split);
+    [head, b",\"entry_hash\":\"", hex.as_bytes(), b"\"", tail]
 }
 
 fn previous_hex(head: &AuditHead) -> ids::HexHash {
@@ -102,18 +128,30 @@ fn previous_hex(head: &AuditHead) -> ids::HexHash {
 /// Appends entries to the chain inside a storage batch. Owned by the storage thread.
 pub struct Chain {
     seal_every: u64,
-    line: Vec<u8>,
     scratch: Vec<u8>,
     details: Vec<u8>,
+    /// The timestamp text of the last append: a group commit stamps its entries alike.
+    stamp: Option<(Micros, heapless::String<32>)>,
 }
 
 impl Chain {
     pub fn new(seal_every: u64) -> Self {
         Self {
             seal_every: seal_every.max(1),
-            line: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(1024),
             details: Vec::with_capacity(256),
+            stamp: None,
+        }
+    }
+
+    fn stamp(&mut self, now: Micros) -> heapless::String<32> {
+        match &self.stamp {
+            Some((at, ts)) if *at == now => ts.clone(),
+            _ => {
+                let ts = time::iso(now);
+                self.stamp = Some((now, ts.clone()));
+                ts
+            }
         }
     }
 
@@ -126,25 +164,22 @@ impl Chain {
         event_type: &str,
         details: &[u8],
     ) -> Result<u64, StorageError> {
-        let ts = time::iso(now);
+        let ts = self.stamp(now);
         let head = b.audit_head();
         let index = head.index + 1;
-        let hash = encode_entry(
-            index,
+        let new_head = self.put(
+            b,
+            AuditHead {
+                index,
+                hash: [0; 32],
+                last_seal: head.last_seal,
+            },
             &ts,
             event_type,
             actor,
             details,
             &previous_hex(&head),
-            &mut self.line,
-            &mut self.scratch,
-        );
-        let new_head = AuditHead {
-            index,
-            hash,
-            last_seal: head.last_seal,
-        };
-        b.audit_append(new_head, &self.line)?;
+        )?;
         // Entries since the last seal entry (or since the start).
         if index - new_head.last_seal >= self.seal_every {
             self.seal(b, &ts, new_head)?;
@@ -152,11 +187,40 @@ impl Chain {
         Ok(index)
     }
 
+    /// Encode, hash and append the entry `head.index`; returns the head with its hash. The
+    /// line goes to the batch in parts, straight from the hashed object.
+    #[allow(clippy::too_many_arguments)] // the entry's fields
+    fn put(
+        &mut self,
+        b: &mut Batch<'_>,
+        mut head: AuditHead,
+        ts: &str,
+        event_type: &str,
+        actor: &str,
+        details: &[u8],
+        previous_hash: &str,
+    ) -> Result<AuditHead, StorageError> {
+        let (hash, split) = encode_hashed(
+            head.index,
+            ts,
+            event_type,
+            actor,
+            details,
+            previous_hash,
+            &mut self.scratch,
+        );
+        head.hash = hash;
+        let hex = ids::hex32(&hash);
+        b.audit_append_parts(head, &line_parts(&self.scratch, split, &hex))?;
+        Ok(head)
+    }
+
     fn seal(&mut self, b: &mut Batch<'_>, ts: &str, sealed: AuditHead) -> Result<(), StorageError> {
         let last_hash = ids::hex32(&sealed.hash);
-        self.details.clear();
+        let mut details = std::mem::take(&mut self.details);
+        details.clear();
         write_details(
-            &mut self.details,
+            &mut details,
             &mut [
                 (
                     "sealed_index",
@@ -167,24 +231,21 @@ impl Chain {
             ],
         );
         let index = sealed.index + 1;
-        let hash = encode_entry(
-            index,
+        let r = self.put(
+            b,
+            AuditHead {
+                index,
+                hash: [0; 32],
+                last_seal: index,
+            },
             ts,
             "log.sealed",
             ACTOR_SYSTEM,
-            &self.details,
+            &details,
             &last_hash,
-            &mut self.line,
-            &mut self.scratch,
         );
-        b.audit_append(
-            AuditHead {
-                index,
-                hash,
-                last_seal: index,
-            },
-            &self.line,
-        )
+        self.details = details;
+        r.map(|_| ())
     }
 }
 

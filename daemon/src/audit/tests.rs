@@ -105,7 +105,8 @@ fn stored_chain(n: usize, seal_every: u64) -> Vec<Vec<u8>> {
                 write_details(&mut d, &mut [("n", Detail::Int(i64::try_from(i).unwrap()))]);
                 chain.append(
                     b,
-                    Micros(1_772_107_200_000_000 + u64::try_from(i).unwrap()),
+                    // Pairs of entries share a time, as the entries of a group commit do.
+                    Micros(1_772_107_200_000_000 + u64::try_from(i / 2).unwrap()),
                     ACTOR_GATEWAY,
                     "test.event",
                     &d,
@@ -114,14 +115,21 @@ fn stored_chain(n: usize, seal_every: u64) -> Vec<Vec<u8>> {
             Ok(())
         })
         .unwrap();
-    let lines = store
-        .read()
-        .unwrap()
+    let r = store.read().unwrap();
+    let lines: Vec<Vec<u8>> = r
         .audit_range(1, 1000)
         .unwrap()
         .into_iter()
         .map(|(_, l)| l)
         .collect();
+    // The stored tree's leaves are the stored lines.
+    let mut tree = vvgate_storage::tree::Frontier::default();
+    for l in &lines {
+        tree.append(vvgate_storage::tree::leaf_hash(l), &mut Vec::new());
+    }
+    let size = lines.len() as u64;
+    assert_eq!(r.tree_hash(size).unwrap(), tree.root());
+    drop(r);
     let _ = std::fs::remove_dir_all(&dir);
     lines
 }
@@ -142,6 +150,10 @@ fn seals_follow_every_n_entries_and_verify() {
         text[7].contains(r#""event_type":"log.sealed""#) && text[7].contains(r#""sealed_index":7"#)
     );
     assert!(text[3].contains(r#""actor":"SYSTEM""#));
+    // Entries 1 and 2 were appended at the same time; the seal takes the time of entry 3.
+    assert_eq!(field(&lines[0], "timestamp"), field(&lines[1], "timestamp"));
+    assert_ne!(field(&lines[1], "timestamp"), field(&lines[2], "timestamp"));
+    assert_eq!(field(&lines[2], "timestamp"), field(&lines[3], "timestamp"));
     assert!(verify(&lines).is_ok(), "{:?}", verify(&lines));
 }
 

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// Entries appended with --audit.
     #[arg(long, default_value_t = 200_000)]
     pub audit_entries: usize,
+    /// Entries per group commit with --audit (the group commit's maximum is 256; under
+    /// moderate load groups are smaller).
+    #[arg(long, default_value_t = super::bench_audit::GROUP)]
+    pub audit_group: usize,
     /// Measure new connections instead: each connection thread opens a connection (a full
     /// mutual-TLS handshake; the gateway never resumes sessions), sends `GET /healthz`, reads
     /// the answer and closes, in a loop. Reports handshakes/s and the gateway's CPU per
@@ -244,7 +248,7 @@ fn reference_verify_us(t: &ProducerTarget, tpl: &Template) -> f64 {
 }
 
 /// This thread's CPU time in seconds.
-fn thread_cpu() -> f64 {
+pub(super) fn thread_cpu() -> f64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
     ts.map_or(0.0, |t| {
         #[allow(clippy::cast_precision_loss)]
@@ -253,7 +257,7 @@ fn thread_cpu() -> f64 {
     })
 }
 
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
@@ -302,7 +306,7 @@ struct ThreadResult {
 
 pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliError> {
     if args.audit {
-        return super::bench_audit::run(args.audit_entries, args.json);
+        return super::bench_audit::run(args.audit_entries, args.audit_group, args.json);
     }
     let t = Arc::new(resolve_producer(w, pa)?);
     let pid = match args.pid {
