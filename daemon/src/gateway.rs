@@ -309,18 +309,13 @@ impl Gateway {
         body_sha256: [u8; 32],
         out: &mut Vec<u8>,
     ) -> Response {
-        let write = |o: &mut Vec<u8>, original: &str| {
-            o.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
-            o.extend_from_slice(original.as_bytes());
-            o.extend_from_slice(b"\"}");
-        };
         ingest::resend_other(
             self,
             ctx,
             rec,
             body_sha256,
             Rejection::NonceReused,
-            Some((202, &write)),
+            Some((202, &ingest::accepted_body)),
             out,
         )
         .await

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use vvgate::client::{Connection, HttpResponse, Producer};
+use vvgate::client::{post_request, Connection, HttpResponse, Producer};
 use vvgate_e2e::cluster::{Haproxy, NatsCluster, BUCKET};
 use vvgate_e2e::*;
 
@@ -29,7 +29,8 @@ fn site(gws: &[(usize, &str, &str)]) -> Site {
     let gateways = gws
         .iter()
         .map(|(node, name, extra)| {
-            let mut base = Opts::default().with(extra);
+            let mut base =
+                Opts::default().with(&extra.replace("PKI", &pki.dir.display().to_string()));
             base.port = Some(free_port());
             let opts = nats.gateway_opts(&pki, *node, name, base);
             Gateway::start_in(temp_dir(&format!("gw-{name}")), pki.clone(), opts)
@@ -155,6 +156,154 @@ fn the_same_request_on_two_appliances_is_accepted_once() {
         .unwrap();
     assert_eq!(info["config"]["num_replicas"], 3, "{info}");
     assert_eq!(info["config"]["max_msgs_per_subject"], 1);
+}
+
+/// The feedback signing key of the test PKI (the feedback query needs one); `site` puts in
+/// the PKI's directory.
+fn feedback_key_lines() -> String {
+    "feedback_active_kid = \"fb-e2e\"\nfeedback_ed25519_keys = { \"fb-e2e\" = \"file:PKI/feedback.pem\" }".into()
+}
+
+/// Sign `body` for `(ts, nonce)` and post it to `path` on `addr`.
+fn post(
+    addr: SocketAddr,
+    p: &Producer,
+    path: &str,
+    ts: u64,
+    nonce: &str,
+    body: &[u8],
+) -> HttpResponse {
+    let h = p.headers(ts, nonce, body, None);
+    send_once(addr, p, &post_request(path, "localhost", &h, body)).expect("an answer")
+}
+
+const GRAPH: &str = "/internal/v1/cognitive/execution-graph";
+const FEEDBACK: &str = "/internal/v1/cognitive/feedback/adjustments/query";
+const FEDERATION: &str = "/internal/v1/federation/verify";
+const TENANT: &str = "10000000-0000-0000-0000-000000000001";
+
+fn graph(ts: u64, nonce: &str) -> Vec<u8> {
+    let fp = "0c40dbd5295bc42311cb7f980880d9407e386bca6f83639de3a38144a037e6cd";
+    serde_json::to_vec(&serde_json::json!({
+        "operator_id": "op-001", "tenant_id": TENANT, "execution_fingerprint": fp,
+        "timestamp": ts, "nonce": nonce, "schema_version": "execution.graph.v1",
+        "attestation_measurement_hash": "5c83f7d75de535ed4e51f088c71824dc6b2c2d3080e5de24b67eb5daa259fe10",
+        "graph": {"graph_id": "g-1", "tenant_id": TENANT, "execution_fingerprint": fp,
+                  "operator_id": "op-001", "nodes": [{"id": "n0", "type": "step"}], "edges": []}
+    }))
+    .unwrap()
+}
+
+/// A federation bundle signed with the producer key (the default federation key), and its
+/// bundle hash.
+fn bundle(pki: &Pki, ts: u64, nonce: &str) -> (Vec<u8>, String) {
+    use base64::Engine;
+    let key = vvgate::client::signing_key(&pki.path("producer-signing.seed")).unwrap();
+    let exec = "ab".repeat(32);
+    let msg = format!("op-001|cmp-001|{exec}|{ts}|{nonce}");
+    let sig = base64::engine::general_purpose::STANDARD.encode(key.sign(msg.as_bytes()));
+    let hash = vvgate::ids::hex32(&vvgate::ids::sha256(msg.as_bytes())).to_string();
+    let body = serde_json::json!({"bundle": {"operator_id": "op-001", "campaign_id": "cmp-001",
+        "execution_hash": exec, "timestamp": ts, "nonce": nonce, "signature": sig}});
+    (serde_json::to_vec(&body).unwrap(), hash)
+}
+
+/// The cognitive routes share telemetry's nonces and federation has its own; in cluster mode
+/// both are cluster-wide: a request accepted by one appliance is a replay (or re-send) at
+/// every other (CONTRACT.md §3.5, §3.6).
+#[test]
+fn cognitive_and_federation_requests_are_accepted_once_across_appliances() {
+    let fb = feedback_key_lines();
+    let s = site(&[
+        (0, "gw-a", &format!("idempotent_retry = true\n{fb}")),
+        (1, "gw-b", &fb),
+    ]);
+    let (a, b) = (&s.gateways[0], &s.gateways[1]);
+    let p = s.pki.producer();
+
+    // An execution graph on A, then the same bytes on B: 409 naming A's acceptance.
+    let (ts, n) = (now(), nonce());
+    let g = graph(ts, &n);
+    let r = post(a.addr, &p, GRAPH, ts, &n, &g);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let id_a = json(&r)["request_id"].as_str().unwrap().to_owned();
+    let r = post(b.addr, &p, GRAPH, ts, &n, &g);
+    assert_eq!(r.status, 409, "{}", r.body_text());
+    assert_eq!(json(&r)["detail"], "Replay detected: nonce already used");
+    assert_eq!(json(&r)["original"]["request_id"], id_a.as_str());
+    // The namespace is telemetry's: a telemetry event under the graph's nonce is a replay.
+    let r = send_once(b.addr, &p, &request(&p, &event_with(ts, &n, |_| {}))).unwrap();
+    assert_eq!(r.status, 409);
+    assert!(json(&r).get("original").is_none());
+    // B first, then A (idempotent_retry): A answers B's success.
+    let (ts2, n2) = (now(), nonce());
+    let g2 = graph(ts2, &n2);
+    let r = post(b.addr, &p, GRAPH, ts2, &n2, &g2);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    let id_b = json(&r)["request_id"].as_str().unwrap().to_owned();
+    let r = post(a.addr, &p, GRAPH, ts2, &n2, &g2);
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    assert_eq!(r.header("x-idempotent-replay"), Some("true"));
+    assert_eq!(json(&r)["request_id"], id_b.as_str());
+    assert_eq!(json(&r)["status"], "accepted");
+
+    // A feedback query on A, then on B: the plain 409 (its response is not stored).
+    let (ts3, n3) = (now(), nonce());
+    let q = serde_json::to_vec(
+        &serde_json::json!({"operator_id": "op-001", "tenant_id": TENANT,
+        "timestamp": ts3, "nonce": n3}),
+    )
+    .unwrap();
+    let r = post(a.addr, &p, FEEDBACK, ts3, &n3, &q);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let r = post(b.addr, &p, FEEDBACK, ts3, &n3, &q);
+    assert_eq!(r.status, 409, "{}", r.body_text());
+    assert!(json(&r).get("original").is_none());
+
+    // Federation, in its own namespace: A then B is a 409 naming A's acceptance ...
+    let (ts4, n4) = (now(), format!("fed-{}", nonce()));
+    let (f, hash) = bundle(&s.pki, ts4, &n4);
+    let r = post(a.addr, &p, FEDERATION, ts4, &n4, &f);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(json(&r)["bundle_hash"], hash.as_str());
+    let fed_a = r.header("x-request-id").unwrap().to_owned();
+    let r = post(b.addr, &p, FEDERATION, ts4, &n4, &f);
+    assert_eq!(r.status, 409, "{}", r.body_text());
+    assert_eq!(
+        json(&r)["detail"],
+        "Replay detected: federation bundle nonce already used"
+    );
+    assert_eq!(json(&r)["original"]["request_id"], fed_a.as_str());
+    let audit = b.audit_for(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(audit["event_type"], "federation.rejected");
+    // ... B then A (idempotent_retry) answers the bundle hash again ...
+    let (ts5, n5) = (now(), format!("fed-{}", nonce()));
+    let (f5, hash5) = bundle(&s.pki, ts5, &n5);
+    let r = post(b.addr, &p, FEDERATION, ts5, &n5, &f5);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let r = post(a.addr, &p, FEDERATION, ts5, &n5, &f5);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.header("x-idempotent-replay"), Some("true"));
+    assert_eq!(json(&r)["bundle_hash"], hash5.as_str());
+    // ... and a telemetry event under a federation nonce is not a replay.
+    let r = send_once(a.addr, &p, &request(&p, &event_with(ts4, &n4, |_| {}))).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body_text());
+    // A foreign value under a federation key: a replay, audited with the reason.
+    let (ts6, n6) = (now(), format!("fed-{}", nonce()));
+    let key = vvgate::cluster::value::federation_kv_key(ts6, &n6);
+    let put = s.nats.put(&s.pki, 2, &key, b"{}");
+    assert!(put.get("error").is_none(), "{put}");
+    let r = post(
+        a.addr,
+        &p,
+        FEDERATION,
+        ts6,
+        &n6,
+        &bundle(&s.pki, ts6, &n6).0,
+    );
+    assert_eq!(r.status, 409, "{}", r.body_text());
+    let audit = a.audit_for(r.header("x-request-id").unwrap()).unwrap();
+    assert_eq!(audit["details"]["sub_reason"], "kv_value_malformed");
 }
 
 /// What one producer event came to.
