@@ -503,6 +503,10 @@ impl Gateway {
                 u64::from(self.keystore_ready.as_ref().is_none_or(|ready| ready())),
             ),
         ]);
+        let mut text = text;
+        if let Some(b) = &self.cluster {
+            b.render_metrics(&mut text);
+        }
         out.extend_from_slice(text.as_bytes());
         Response::new(200)
     }

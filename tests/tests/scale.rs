@@ -304,6 +304,22 @@ fn cognitive_and_federation_requests_are_accepted_once_across_appliances() {
     assert_eq!(r.status, 409, "{}", r.body_text());
     let audit = a.audit_for(r.header("x-request-id").unwrap()).unwrap();
     assert_eq!(audit["details"]["sub_reason"], "kv_value_malformed");
+
+    // The bucket's metrics: connected, creates that won and lost, reads, round trips.
+    let m = a.ops_get("/metrics").body_text();
+    assert!(m.contains("vvgate_nonce_bucket_connected 1\n"), "{m}");
+    let metric = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {m}"))
+    };
+    assert!(metric("vvgate_nonce_bucket_requests_total{outcome=\"created\"}") >= 4);
+    assert!(metric("vvgate_nonce_bucket_requests_total{outcome=\"found\"}") >= 3);
+    assert_eq!(
+        metric("vvgate_nonce_bucket_requests_total{outcome=\"unavailable\"}"),
+        0
+    );
+    assert!(metric("vvgate_nonce_bucket_round_trip_seconds_count") >= 7);
 }
 
 /// What one producer event came to.
