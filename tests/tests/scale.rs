@@ -22,17 +22,26 @@ struct Site {
 
 /// A cluster, the R3 stream, and one gateway per `(node, appliance, extra line)`.
 fn site(gws: &[(usize, &str, &str)]) -> Site {
+    let gws: Vec<(&[usize], &str, &str)> = gws
+        .iter()
+        .map(|(node, name, extra)| (std::slice::from_ref(node), *name, *extra))
+        .collect();
+    site_nodes(&gws)
+}
+
+/// As `site`, each gateway given its list of queue nodes (`nats_url`, tried in turn).
+fn site_nodes(gws: &[(&[usize], &str, &str)]) -> Site {
     let dir = temp_dir("scale");
     let pki = Pki::new(&dir.join("pki"));
     let nats = NatsCluster::start(&pki);
     nats.create_stream(&pki);
     let gateways = gws
         .iter()
-        .map(|(node, name, extra)| {
+        .map(|(nodes, name, extra)| {
             let mut base =
                 Opts::default().with(&extra.replace("PKI", &pki.dir.display().to_string()));
             base.port = Some(free_port());
-            let opts = nats.gateway_opts(&pki, *node, name, base);
+            let opts = nats.gateway_opts_nodes(&pki, nodes, name, base);
             Gateway::start_in(temp_dir(&format!("gw-{name}")), pki.clone(), opts)
         })
         .collect();
@@ -537,13 +546,35 @@ fn an_appliance_killed_under_load_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_queue_node_killed_and_restarted_under_load_loses_and_duplicates_nothing() {
-    let mut s = site(&[(0, "gw-a", LOAD_POLICY), (1, "gw-b", LOAD_POLICY)]);
+    // A is connected to node 2 (its first node) and lists node 0 as well; B only knows node 1.
+    let mut s = site_nodes(&[(&[2, 0], "gw-a", LOAD_POLICY), (&[1], "gw-b", LOAD_POLICY)]);
     let addrs: Vec<_> = s.gateways.iter().map(|g| g.addr).collect();
     let lb = Haproxy::start(&addrs).expect("haproxy (scripts/test-all.sh installs it)");
     let load = producers(lb.addr, &s.pki, 4, 60);
     std::thread::sleep(Duration::from_millis(1000));
+    let killed = Instant::now();
     s.nats.kill(2);
-    std::thread::sleep(Duration::from_millis(2500));
+    // A moves to node 0 for both its forwarder and its bucket connection, and is ready again
+    // while node 2 is still down.
+    let a = &s.gateways[0];
+    wait_for(20, "A ready through another node", || {
+        let m = a.ops_get("/metrics").body_text();
+        a.ops_get("/readyz").status == 200
+            && m.contains("vvgate_nonce_bucket_connected 1\n")
+            && !m.contains("vvgate_nonce_bucket_reconnects_total 0\n")
+    });
+    let ready_ms = killed.elapsed().as_millis();
+    // The forwarder follows (its stream check waits for JetStream to elect new leaders when
+    // the lost node led the stream or the meta group).
+    wait_for(30, "A forwarding through another node", || {
+        let m = a.ops_get("/metrics").body_text();
+        m.contains("vvgate_forward_connected 1\n") && !m.contains("vvgate_forward_errors_total 0\n")
+    });
+    eprintln!(
+        "node 2 killed: A ready again through node 0 after {ready_ms} ms, forwarding after {} ms",
+        killed.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(2500).saturating_sub(killed.elapsed()));
     s.nats.restart(2);
     let outcomes: Vec<Outcome> = load
         .into_iter()

@@ -275,6 +275,27 @@ pub async fn connect_and_check(
     Ok(conn)
 }
 
+/// Connect again after a loss (the next queue node first) and check the bucket. The bucket was
+/// checked at start; while JetStream's API cannot answer (the cluster is electing a meta
+/// leader after losing a node) keys can still be created and read, since the bucket's stream
+/// has its own leader, so the connection is used at once and checked again at the next
+/// reconnect. A bucket that answers with a wrong configuration is still refused.
+async fn reconnect(
+    setup: &mut ForwardSetup,
+    spec: &BucketSpec,
+    create: bool,
+) -> Result<Connection, NatsError> {
+    let mut conn = crate::forward::connect(setup).await?;
+    match bucket::ensure_bucket(&mut conn, spec, create).await {
+        Ok(_) => Ok(conn),
+        Err(e @ (NatsError::Timeout(_) | NatsError::JetStream { code: 503, .. })) => {
+            tracing::debug!(error = %e, "nonce bucket check not answered; using the connection");
+            Ok(conn)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Run the bucket connection until the gateway stops.
 pub async fn run(
     b: Rc<NonceBucket>,
@@ -287,7 +308,7 @@ pub async fn run(
     loop {
         let c = match conn.take() {
             Some(c) => Ok(c),
-            None => connect_and_check(&mut setup, &b.spec, create).await,
+            None => reconnect(&mut setup, &b.spec, create).await,
         };
         let result = match c {
             Ok(c) => {
