@@ -275,20 +275,25 @@ pub async fn connect_and_check(
     Ok(conn)
 }
 
-/// Connect again after a loss (the next queue node first) and check the bucket. The bucket was
-/// checked at start; while JetStream's API cannot answer (the cluster is electing a meta
-/// leader after losing a node) keys can still be created and read, since the bucket's stream
-/// has its own leader, so the connection is used at once and checked again at the next
-/// reconnect. A bucket that answers with a wrong configuration is still refused.
+/// Connect again after a loss (the next queue node first) and check the bucket. Once the
+/// bucket has passed the check in this process, a check that JetStream's API cannot answer
+/// (the cluster is electing a meta leader after losing a node) does not hold the connection
+/// back: keys can still be created and read, since the bucket's stream has its own leader, and
+/// the check runs again at the next reconnect. A bucket that answers with a wrong
+/// configuration is always refused.
 async fn reconnect(
     setup: &mut ForwardSetup,
     spec: &BucketSpec,
     create: bool,
+    checked: &mut bool,
 ) -> Result<Connection, NatsError> {
     let mut conn = crate::forward::connect(setup).await?;
     match bucket::ensure_bucket(&mut conn, spec, create).await {
-        Ok(_) => Ok(conn),
-        Err(e @ (NatsError::Timeout(_) | NatsError::JetStream { code: 503, .. })) => {
+        Ok(_) => {
+            *checked = true;
+            Ok(conn)
+        }
+        Err(e @ (NatsError::Timeout(_) | NatsError::JetStream { code: 503, .. })) if *checked => {
             tracing::debug!(error = %e, "nonce bucket check not answered; using the connection");
             Ok(conn)
         }
@@ -303,12 +308,14 @@ pub async fn run(
     create: bool,
     first: Option<Connection>,
 ) {
+    // Whether this process has seen the bucket's configuration pass the check.
+    let mut checked = first.is_some();
     let mut conn = first;
     let mut backoff = Duration::from_millis(100);
     loop {
         let c = match conn.take() {
             Some(c) => Ok(c),
-            None => reconnect(&mut setup, &b.spec, create).await,
+            None => reconnect(&mut setup, &b.spec, create, &mut checked).await,
         };
         let result = match c {
             Ok(c) => {
