@@ -192,12 +192,7 @@ pub async fn execution_graph(
     let ctx = Ctx::new(gw, head, buf, Some(Route::ExecutionGraph));
     let body = span.get(buf);
     let now = gw.clock.now().secs();
-    let answers = Answers {
-        replay: Rejection::NonceReused,
-        foreign: Rejection::NonceForeignValue,
-        success: (202, &graph_success_body),
-        resend_succeeds: true,
-    };
+    let answers = Answers::shared_nonces((202, &graph_success_body), true);
     let mut hold = None;
     let v = match admit(
         gw, st, conn, head, buf, body, now, &ctx, answers, &mut hold, out,
@@ -350,12 +345,7 @@ pub async fn query(
     let body = span.get(buf);
     let now = gw.clock.now().secs();
     // Its signed response is not stored: an identical re-send is a plain replay.
-    let answers = Answers {
-        replay: Rejection::NonceReused,
-        foreign: Rejection::NonceForeignValue,
-        success: (200, &|_: &mut Vec<u8>, _: &str| {}),
-        resend_succeeds: false,
-    };
+    let answers = Answers::shared_nonces((200, &|_: &mut Vec<u8>, _: &str| {}), false);
     let mut hold = None;
     let v = match admit(
         gw, st, conn, head, buf, body, now, &ctx, answers, &mut hold, out,

@@ -56,6 +56,16 @@ pub struct Answers<'f> {
 }
 
 impl<'f> Answers<'f> {
+    /// A route of telemetry's nonce namespace (the cognitive routes), with its success.
+    pub fn shared_nonces(success: (u16, &'f BodyWriter<'f>), resend_succeeds: bool) -> Self {
+        Self {
+            replay: Rejection::NonceReused,
+            foreign: Rejection::NonceForeignValue,
+            success,
+            resend_succeeds,
+        }
+    }
+
     fn idempotent(&self) -> IdempotentAnswer<'f> {
         self.resend_succeeds.then_some(self.success)
     }
