@@ -67,6 +67,9 @@ pub enum Action {
         tenant_id: String,
         graph: GraphRecord,
         retention: u64,
+        /// The acceptance of a cluster claim (the bucket holds this appliance's value): the
+        /// claim is dropped in the same transaction.
+        claimed: bool,
     },
     /// Hold a cluster claim (`nonce_backend = "jetstream_kv"`, an encoded
     /// [`vvgate_storage::Claim`]) before its key is created in the shared bucket. Nothing is
@@ -1155,7 +1158,11 @@ impl StorageThread {
                 tenant_id,
                 graph,
                 retention,
+                claimed,
             } => {
+                if claimed {
+                    b.claim_remove(&key)?;
+                }
                 if let Some(found) = b.nonce_get(NonceSpace::Telemetry, &key)? {
                     Some((
                         Outcome::Replay(found),

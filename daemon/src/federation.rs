@@ -14,6 +14,7 @@ use ring::signature::{UnparsedPublicKey, ED25519};
 use vvgate_storage::{nonce_key, NonceRecord, NonceSpace, Route};
 
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
+use crate::cluster::{self, settle::Answers};
 use crate::commit::{Action, AuditItem, Op};
 use crate::gateway::Gateway;
 use crate::http::conn::ConnInfo;
@@ -113,11 +114,15 @@ pub async fn verify(
                 ),
             ],
         );
-        Ok((key, hash, details))
+        let kv_key = gw
+            .cluster
+            .as_ref()
+            .map(|_| cluster::value::federation_kv_key(ts, &bundle.nonce));
+        Ok((key, hash, details, kv_key))
     })();
     st.tape = tape;
     st.msg = msg;
-    let (key, bundle_hash, details) = match decided {
+    let (key, bundle_hash, details, kv_key) = match decided {
         Ok(v) => v,
         Err(r) => return gw.refuse(&ctx, r.into(), out).await,
     };
@@ -125,17 +130,23 @@ pub async fn verify(
     // Replay, in the federation namespace; one request per key at a time.
     let _claim = gw.inflight.claim(key).await;
     let body_sha256 = ids::sha256(body);
+    let write = |o: &mut Vec<u8>, _: &str| success_body(o, &bundle_hash);
+    let answers = Answers {
+        replay: Rejection::FederationNonceReused,
+        foreign: Rejection::FederationNonceForeignValue,
+        success: (200, &write),
+        resend_succeeds: true,
+    };
     match gw.store.nonce_get(NonceSpace::Federation, &key) {
         Ok(None) => {}
         Ok(Some(rec)) => {
-            let write = |o: &mut Vec<u8>, _: &str| success_body(o, &bundle_hash);
             return ingest::resend_other(
                 gw,
                 &ctx,
                 rec,
                 body_sha256,
-                Rejection::FederationNonceReused,
-                Some((200, &write)),
+                answers.replay,
+                Some(answers.success),
                 out,
             )
             .await;
@@ -150,18 +161,33 @@ pub async fn verify(
     if gw.committer.room() == 0 {
         return gw.refuse(&ctx, Rejection::Overloaded.into(), out).await;
     }
+    let record = NonceRecord::V1 {
+        body_sha256,
+        request_id: ctx.request_id,
+        route: Route::FederationVerify,
+        accepted_at: now,
+    };
+    // Cluster mode: the bundle's key in the shared bucket (its own `f.` namespace), looked up
+    // and then owned before the commit. Nothing is kept but the nonce and the audit entry, so
+    // a crash in between costs no data: the re-send is answered with the same bundle hash.
+    if let (Some(b), Some(kv_key)) = (&gw.cluster, kv_key) {
+        if let Some(r) =
+            cluster::settle::lookup(gw, b, &ctx, &kv_key, body_sha256, answers, out).await
+        {
+            return r;
+        }
+        if let Some(r) = cluster::settle::own_key(gw, b, &ctx, &kv_key, &record, answers, out).await
+        {
+            return r;
+        }
+    }
     let op = Op {
         request_id: ctx.request_id,
         route: ctx.route,
         action: Action::Accept {
             space: NonceSpace::Federation,
             key,
-            record: NonceRecord::V1 {
-                body_sha256,
-                request_id: ctx.request_id,
-                route: Route::FederationVerify,
-                accepted_at: now,
-            },
+            record,
             spool: None,
         },
         audit: AuditItem {

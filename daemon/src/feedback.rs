@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use base64::Engine;
 use vvgate_hsm::RecordSigner;
-use vvgate_storage::{nonce_key, GraphRecord, NonceRecord, NonceSpace, Route};
+use vvgate_storage::{nonce_key, Claim, GraphRecord, NonceRecord, NonceSpace, Route};
 
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY};
+use crate::cluster::{self, settle::Answers};
 use crate::commit::{Action, AuditItem, Op};
 use crate::gateway::Gateway;
 use crate::http::conn::ConnInfo;
 use crate::http::{Head, Response, Span};
 use crate::ids;
+use crate::ingest::replay::Claim as InFlightClaim;
 use crate::ingest::{self, checks, ConnState, Ctx, Rejection};
 use crate::json::{Cjson, Doc, Tape};
 use crate::schema::service::{
@@ -55,49 +57,84 @@ impl std::fmt::Debug for FeedbackKey {
     }
 }
 
-/// Steps 1–15 shared by both routes: identity, signed headers, signature, then the nonce
-/// claim and lookup. `Ok` carries what the route needs; `Err` is already answered.
+/// What steps 1–15 hand to a cognitive route.
 struct Verified<'b> {
     signed: checks::Signed<'b>,
     key: [u8; 24],
     body_sha256: [u8; 32],
+    /// Cluster mode: the nonce's key in the shared bucket, free there.
+    kv_key: Option<String>,
 }
 
-enum Early<'b> {
-    Refuse(Rejection),
-    Found(NonceRecord, [u8; 32]),
-    Go(Verified<'b>),
-}
-
-fn signed_request<'b>(
-    gw: &Gateway,
+/// Steps 1–15 shared by both cognitive routes: identity, signed headers, signature, then the
+/// nonce in telemetry's namespace (locally, and in cluster mode in a claim left open and in
+/// the shared bucket), answering a replay or a re-send with `answers`. The caller holds
+/// `hold` (one request per nonce key at a time) until its own answer. `Err` is the answer
+/// already given.
+#[allow(clippy::too_many_arguments)] // the request's parts, the route's answers, the hold
+async fn admit<'g, 'b>(
+    gw: &'g Gateway,
     st: &mut ConnState,
     conn: &ConnInfo,
     head: &Head,
     buf: &'b [u8],
     body: &[u8],
     now: u64,
-) -> Result<Verified<'b>, Rejection> {
+    ctx: &Ctx<'_>,
+    answers: Answers<'_>,
+    hold: &mut Option<InFlightClaim<'g>>,
+    out: &mut Vec<u8>,
+) -> Result<Verified<'b>, Response> {
     let cfg = gw.cfg();
-    checks::identity(head, buf, conn.fingerprint, &cfg.identities)?;
-    let (mut signed, sig) = checks::signed_headers(head, buf, now, cfg.allowed_clock_skew_seconds)?;
-    checks::verify_signature(&mut signed, sig, body, &cfg.producer_keys, now, &mut st.msg)?;
-    Ok(Verified {
-        key: nonce_key(signed.ts, signed.nonce),
-        signed,
-        body_sha256: ids::sha256(body),
-    })
-}
-
-fn lookup<'b>(gw: &Gateway, v: Verified<'b>) -> Early<'b> {
-    match gw.store.nonce_get(NonceSpace::Telemetry, &v.key) {
-        Ok(None) => Early::Go(v),
-        Ok(Some(rec)) => Early::Found(rec, v.body_sha256),
+    let verified = (|| -> Result<_, Rejection> {
+        checks::identity(head, buf, conn.fingerprint, &cfg.identities)?;
+        let (mut signed, sig) =
+            checks::signed_headers(head, buf, now, cfg.allowed_clock_skew_seconds)?;
+        checks::verify_signature(&mut signed, sig, body, &cfg.producer_keys, now, &mut st.msg)?;
+        Ok(signed)
+    })();
+    let signed = match verified {
+        Ok(s) => s,
+        Err(r) => return Err(gw.refuse(ctx, r.into(), out).await),
+    };
+    let key = nonce_key(signed.ts, signed.nonce);
+    *hold = Some(gw.inflight.claim(key).await);
+    let body_sha256 = ids::sha256(body);
+    match gw.store.nonce_get(NonceSpace::Telemetry, &key) {
+        Ok(None) => {}
+        Ok(Some(rec)) => {
+            let idempotent = answers.resend_succeeds.then_some(answers.success);
+            return Err(ingest::resend_other(
+                gw,
+                ctx,
+                rec,
+                body_sha256,
+                answers.replay,
+                idempotent,
+                out,
+            )
+            .await);
+        }
         Err(e) => {
             tracing::error!(error = %e, "nonce lookup failed");
-            Early::Refuse(Rejection::NonceStoreUnavailable)
+            return Err(gw
+                .refuse(ctx, Rejection::NonceStoreUnavailable.into(), out)
+                .await);
         }
     }
+    let kv_key = match &gw.cluster {
+        None => None,
+        Some(b) => {
+            let kv_key = cluster::value::kv_key(signed.ts_text, signed.nonce);
+            Some(cluster::settle::check(gw, b, ctx, key, kv_key, body_sha256, answers, out).await?)
+        }
+    };
+    Ok(Verified {
+        signed,
+        key,
+        body_sha256,
+        kv_key,
+    })
 }
 
 /// Body timestamp and nonce against the signed headers (§3.1 steps 18–19).
@@ -155,27 +192,15 @@ pub async fn execution_graph(
     let ctx = Ctx::new(gw, head, buf, Some(Route::ExecutionGraph));
     let body = span.get(buf);
     let now = gw.clock.now().secs();
-    let v = match signed_request(gw, st, conn, head, buf, body, now) {
+    let answers = Answers::shared_nonces((202, &graph_success_body), true);
+    let mut hold = None;
+    let v = match admit(
+        gw, st, conn, head, buf, body, now, &ctx, answers, &mut hold, out,
+    )
+    .await
+    {
         Ok(v) => v,
-        Err(r) => return gw.refuse(&ctx, r.into(), out).await,
-    };
-    let _claim = gw.inflight.claim(v.key).await;
-    let v = match lookup(gw, v) {
-        Early::Go(v) => v,
-        Early::Refuse(r) => return gw.refuse(&ctx, r.into(), out).await,
-        Early::Found(rec, sha) => {
-            let write = |o: &mut Vec<u8>, id: &str| graph_success_body(o, id);
-            return ingest::resend_other(
-                gw,
-                &ctx,
-                rec,
-                sha,
-                Rejection::NonceReused,
-                Some((202, &write)),
-                out,
-            )
-            .await;
-        }
+        Err(r) => return r,
     };
 
     let mut tape = std::mem::take(&mut st.tape);
@@ -188,20 +213,36 @@ pub async fn execution_graph(
     if gw.committer.room() == 0 {
         return gw.refuse(&ctx, Rejection::Overloaded.into(), out).await;
     }
+    let record = NonceRecord::V1 {
+        body_sha256: v.body_sha256,
+        request_id: ctx.request_id,
+        route: Route::ExecutionGraph,
+        accepted_at: now,
+    };
+    let retention = u64::try_from(gw.cfg().graph.retention_per_tenant).unwrap_or(u64::MAX);
+    if let (Some(b), Some(kv_key)) = (&gw.cluster, &v.kv_key) {
+        let kv_value = cluster::settle::kv_value(b, &record);
+        let claim = Claim::Graph {
+            kv_key,
+            kv_value: &kv_value,
+            record,
+            tenant_id: &tenant_id,
+            graph,
+            retention,
+            audit_details: &details,
+        };
+        return cluster::settle::accept_claim(gw, b, &ctx, v.key, &claim, answers, out).await;
+    }
     let op = Op {
         request_id: ctx.request_id,
         route: ctx.route,
         action: Action::StoreGraph {
             key: v.key,
-            record: NonceRecord::V1 {
-                body_sha256: v.body_sha256,
-                request_id: ctx.request_id,
-                route: Route::ExecutionGraph,
-                accepted_at: now,
-            },
+            record,
             tenant_id,
             graph,
-            retention: u64::try_from(gw.cfg().graph.retention_per_tenant).unwrap_or(u64::MAX),
+            retention,
+            claimed: false,
         },
         audit: AuditItem {
             actor: ACTOR_GATEWAY,
@@ -303,19 +344,16 @@ pub async fn query(
     let ctx = Ctx::new(gw, head, buf, Some(Route::FeedbackQuery));
     let body = span.get(buf);
     let now = gw.clock.now().secs();
-    let v = match signed_request(gw, st, conn, head, buf, body, now) {
+    // Its signed response is not stored: an identical re-send is a plain replay.
+    let answers = Answers::shared_nonces((200, &|_: &mut Vec<u8>, _: &str| {}), false);
+    let mut hold = None;
+    let v = match admit(
+        gw, st, conn, head, buf, body, now, &ctx, answers, &mut hold, out,
+    )
+    .await
+    {
         Ok(v) => v,
-        Err(r) => return gw.refuse(&ctx, r.into(), out).await,
-    };
-    let _claim = gw.inflight.claim(v.key).await;
-    let v = match lookup(gw, v) {
-        Early::Go(v) => v,
-        Early::Refuse(r) => return gw.refuse(&ctx, r.into(), out).await,
-        // Its signed response is not stored: an identical re-send is a plain replay.
-        Early::Found(rec, sha) => {
-            return ingest::resend_other(gw, &ctx, rec, sha, Rejection::NonceReused, None, out)
-                .await
-        }
+        Err(r) => return r,
     };
 
     let mut tape = std::mem::take(&mut st.tape);
@@ -385,18 +423,26 @@ pub async fn query(
     if gw.committer.room() == 0 {
         return gw.refuse(&ctx, Rejection::Overloaded.into(), out).await;
     }
+    let record = NonceRecord::V1 {
+        body_sha256: v.body_sha256,
+        request_id: ctx.request_id,
+        route: Route::FeedbackQuery,
+        accepted_at: now,
+    };
+    // Cluster mode: the key first (nothing is kept that a crash before the commit could lose).
+    if let (Some(b), Some(kv_key)) = (&gw.cluster, &v.kv_key) {
+        if let Some(r) = cluster::settle::own_key(gw, b, &ctx, kv_key, &record, answers, out).await
+        {
+            return r;
+        }
+    }
     let op = Op {
         request_id: ctx.request_id,
         route: ctx.route,
         action: Action::Accept {
             space: NonceSpace::Telemetry,
             key: v.key,
-            record: NonceRecord::V1 {
-                body_sha256: v.body_sha256,
-                request_id: ctx.request_id,
-                route: Route::FeedbackQuery,
-                accepted_at: now,
-            },
+            record,
             spool: None,
         },
         audit: AuditItem {

@@ -63,8 +63,11 @@ pub enum ForwardSetupError {
 
 /// Everything the forwarder needs, built and checked at start.
 pub struct ForwardSetup {
-    pub host: String,
-    pub port: u16,
+    /// The queue nodes (`nats_url`), tried in turn from `next`.
+    pub servers: Vec<(String, u16)>,
+    /// The node the next connect tries first: the one after the last that answered, so a
+    /// reconnect after a node is lost goes to another node first.
+    pub next: usize,
     pub options: NatsOptions,
     pub spec: StreamSpec,
     pub create_stream: bool,
@@ -103,8 +106,14 @@ pub fn parse_url(url: &str) -> Option<(String, u16)> {
 /// credentials, stream specification) from the configuration.
 pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, ForwardSetupError> {
     let n = &cfg.nats;
-    let url = n.url.clone().unwrap_or_default();
-    let (host, port) = parse_url(&url).ok_or_else(|| ForwardSetupError::Url(url.clone()))?;
+    let servers = n
+        .urls
+        .iter()
+        .map(|u| parse_url(u).ok_or_else(|| ForwardSetupError::Url(u.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((host, port)) = servers.first().cloned() else {
+        return Err(ForwardSetupError::Url(String::new()));
+    };
     let file_err =
         |key: &'static str, path: &std::path::Path, detail: String| ForwardSetupError::File {
             key,
@@ -149,14 +158,14 @@ pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, Forw
         options: NatsOptions {
             // Resolved at each connect (the name may move).
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            server_name: host.clone(),
+            server_name: host,
             tls: Arc::new(tls),
             credentials,
             name: format!("vvgate-{}", hostname()),
             timeout: Duration::from_secs(5),
         },
-        host,
-        port,
+        servers,
+        next: 0,
         spec: StreamSpec {
             name: n.stream.clone(),
             subjects: vec![
@@ -241,8 +250,36 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, NatsError> {
 }
 
 /// Connect to a JetStream server (resolving the host again each time).
+/// Connect to the first queue node that answers, trying each once from `setup.next`. The
+/// error is the last node's.
 pub async fn connect(setup: &mut ForwardSetup) -> Result<Connection, NatsError> {
-    setup.options.addr = resolve(&setup.host, setup.port).await?;
+    let n = setup.servers.len().max(1);
+    let mut last = None;
+    for i in 0..n {
+        let at = (setup.next + i) % n;
+        match connect_to(setup, at).await {
+            Ok(conn) => {
+                setup.next = (at + 1) % n;
+                return Ok(conn);
+            }
+            Err(e) => {
+                if n > 1 {
+                    let (host, port) = &setup.servers[at];
+                    tracing::debug!(node = %format!("{host}:{port}"), error = %e, "queue node not reachable; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| NatsError::Protocol("no queue node configured".into())))
+}
+
+async fn connect_to(setup: &mut ForwardSetup, at: usize) -> Result<Connection, NatsError> {
+    let Some((host, port)) = setup.servers.get(at) else {
+        return Err(NatsError::Protocol("no queue node configured".into()));
+    };
+    setup.options.addr = resolve(host, *port).await?;
+    host.clone_into(&mut setup.options.server_name);
     let token = crate::ids::hex::<32>(&crate::ids::Random::new().uuid_v4());
     let conn = Connection::connect(&setup.options, &token).await?;
     if !conn.info.jetstream {

@@ -312,18 +312,13 @@ impl Gateway {
         body_sha256: [u8; 32],
         out: &mut Vec<u8>,
     ) -> Response {
-        let write = |o: &mut Vec<u8>, original: &str| {
-            o.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
-            o.extend_from_slice(original.as_bytes());
-            o.extend_from_slice(b"\"}");
-        };
         ingest::resend_other(
             self,
             ctx,
             rec,
             body_sha256,
             Rejection::NonceReused,
-            Some((202, &write)),
+            Some((202, &ingest::accepted_body)),
             out,
         )
         .await
@@ -531,6 +526,10 @@ impl Gateway {
                 u64::from(self.keystore_ready.as_ref().is_none_or(|ready| ready())),
             ),
         ]);
+        let mut text = text;
+        if let Some(b) = &self.cluster {
+            b.render_metrics(&mut text);
+        }
         out.extend_from_slice(text.as_bytes());
         Response::new(200)
     }

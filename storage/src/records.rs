@@ -70,6 +70,50 @@ pub enum Claim<'a> {
         #[serde(borrow)]
         audit_details: &'a [u8],
     },
+    /// An accepted execution graph (`POST /internal/v1/cognitive/execution-graph`, which
+    /// shares telemetry's nonces): it becomes the nonce record, the graph record under its
+    /// tenant and the `cognitive.graph.accepted` audit entry.
+    Graph {
+        /// The bucket key.
+        #[serde(borrow)]
+        kv_key: &'a str,
+        /// The value this appliance writes under it.
+        #[serde(borrow)]
+        kv_value: &'a [u8],
+        /// The nonce record the acceptance writes.
+        record: NonceRecord,
+        /// The tenant the graph is stored under.
+        #[serde(borrow)]
+        tenant_id: &'a str,
+        /// The graph record.
+        graph: GraphRecord,
+        /// How many graph records of the tenant are kept.
+        retention: u64,
+        /// The details (CJSON) of its `cognitive.graph.accepted` audit entry.
+        #[serde(borrow)]
+        audit_details: &'a [u8],
+    },
+}
+
+impl Claim<'_> {
+    /// The bucket key and the value this appliance writes under it.
+    pub fn kv(&self) -> (&str, &[u8]) {
+        match self {
+            Claim::V1 {
+                kv_key, kv_value, ..
+            }
+            | Claim::Graph {
+                kv_key, kv_value, ..
+            } => (kv_key, kv_value),
+        }
+    }
+
+    /// The nonce record the acceptance writes.
+    pub fn record(&self) -> &NonceRecord {
+        match self {
+            Claim::V1 { record, .. } | Claim::Graph { record, .. } => record,
+        }
+    }
 }
 
 /// What kind of envelope a spool entry carries (CONTRACT.md §5).
@@ -301,6 +345,59 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.items()[0].body, b"{}");
         assert_eq!(back.body_bytes(), 2);
+    }
+
+    #[test]
+    fn claims_of_both_kinds_round_trip() {
+        let record = NonceRecord::V1 {
+            body_sha256: [7; 32],
+            request_id: [9; 16],
+            route: Route::ExecutionGraph,
+            accepted_at: 1_772_107_200,
+        };
+        let telemetry = Claim::V1 {
+            kv_key: "n.ab",
+            kv_value: b"{}",
+            record,
+            envelope: SpoolItem {
+                kind: EnvelopeKind::Ingest,
+                msg_id: "m",
+                integrity_hash: "00",
+                body: b"{}",
+            },
+            audit_details: b"{}",
+        };
+        let mut buf = Vec::new();
+        encode(&telemetry, &mut buf).unwrap();
+        // The first format keeps its encoding (variant 0): claims written before the graph
+        // variant existed still decode.
+        assert_eq!(buf[0], 0);
+        assert_eq!(decode::<Claim<'_>>(&buf).unwrap(), telemetry);
+        let graph = Claim::Graph {
+            kv_key: "n.cd",
+            kv_value: b"{\"v\":1}",
+            record,
+            tenant_id: "t",
+            graph: GraphRecord::V1 {
+                request_id: [9; 16],
+                operator_id: "op".into(),
+                execution_fingerprint: "ff".into(),
+                attestation_measurement_hash: "ee".into(),
+                schema_version: "execution.graph.v1".into(),
+                target_urn: None,
+                nodes: Some(3),
+                edges: None,
+                body_sha256: [7; 32],
+                accepted_at: 1,
+            },
+            retention: 10,
+            audit_details: b"{}",
+        };
+        encode(&graph, &mut buf).unwrap();
+        let back: Claim<'_> = decode(&buf).unwrap();
+        assert_eq!(back, graph);
+        assert_eq!(back.kv(), ("n.cd", &b"{\"v\":1}"[..]));
+        assert_eq!(back.record(), &record);
     }
 
     #[test]

@@ -233,10 +233,26 @@ authorization {{ user: vvgate, password: "s3cret-pass" }}
 
     /// The gateway configuration for node `i`, with the shared bucket as `appliance`.
     pub fn gateway_opts(&self, pki: &Pki, i: usize, appliance: &str, base: Opts) -> Opts {
+        self.gateway_opts_nodes(pki, &[i], appliance, base)
+    }
+
+    /// The gateway configuration for the nodes `nodes`, tried in that order (`nats_url` as a
+    /// list), with the shared bucket as `appliance`.
+    pub fn gateway_opts_nodes(
+        &self,
+        pki: &Pki,
+        nodes: &[usize],
+        appliance: &str,
+        base: Opts,
+    ) -> Opts {
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|i| format!("\"tls://127.0.0.1:{}\"", self.port(*i)))
+            .collect();
         let mut o = base
             .with("queue_backend = \"nats\"")
             .with("nonce_backend = \"jetstream_kv\"")
-            .with(&format!("nats_url = \"tls://127.0.0.1:{}\"", self.port(i)));
+            .with(&format!("nats_url = [{}]", urls.join(", ")));
         o.extra_toml.push_str(&format!(
             "\n[nats]\nca_path = \"{ca}\"\ncert_path = \"{d}/nats-client.pem\"\nkey = \"file:{d}/nats-client.key\"\ncredentials_file = \"{d}/nats.creds\"\n\n[cluster]\nappliance_id = \"{appliance}\"\nbucket = \"{BUCKET}\"\nreplicas = 3\ncreate_bucket = true\ntimeout_ms = 3000\n",
             ca = pki.path("ca.pem").display(),

@@ -109,6 +109,30 @@ impl Pki {
     }
 }
 
+/// Each thread of process `pid`: its name, scheduler state and kernel wait channel.
+fn thread_states(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let read = |f: &str| {
+            std::fs::read_to_string(t.path().join(f))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let stat = read("stat");
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_owned();
+        out.push_str(&format!("  {} {state} {}\n", read("comm"), read("wchan")));
+    }
+    out
+}
+
 /// Options for a gateway under test.
 #[derive(Clone, Debug, Default)]
 pub struct Opts {
@@ -248,8 +272,13 @@ impl Gateway {
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(l) => l,
             Err(_) => {
+                // Where each thread waits, for a start that hangs.
+                let threads = thread_states(child.id());
                 let _ = child.kill();
-                panic!("vvgated did not become ready:\n{}", self.log_text());
+                panic!(
+                    "vvgated did not become ready:\n{}\nthreads (name, state, wait channel):\n{threads}",
+                    self.log_text()
+                );
             }
         };
         for part in line.split_whitespace() {

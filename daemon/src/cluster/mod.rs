@@ -79,16 +79,36 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
+/// What bucket operations came to, for `vvgate_nonce_bucket_requests_total{outcome}`.
+pub const OUTCOMES: [&str; 5] = ["created", "exists", "found", "absent", "unavailable"];
+
 /// Counters for metrics.
 #[derive(Default)]
 pub struct BucketStats {
     pub creates: Cell<u64>,
     pub conflicts: Cell<u64>,
     pub reads: Cell<u64>,
-    pub unavailable: Cell<u64>,
+    /// Operations by outcome, in the order of [`OUTCOMES`].
+    pub outcomes: [Cell<u64>; 5],
     pub reconnects: Cell<u64>,
     /// Claims resolved without a request (after a restart or an outage).
     pub settled: Cell<u64>,
+    /// Answered operations and the sum of their round trips (write to answer), µs.
+    pub answered: Cell<u64>,
+    pub round_trip_us: Cell<u64>,
+}
+
+impl BucketStats {
+    fn outcome(&self, a: &Answer) {
+        let i = match a {
+            Answer::Created => 0,
+            Answer::Exists => 1,
+            Answer::Found(Some(_)) => 2,
+            Answer::Found(None) => 3,
+            Answer::Unavailable { .. } => 4,
+        };
+        bump(&self.outcomes[i]);
+    }
 }
 
 /// The event loop's handle on the shared bucket.
@@ -130,8 +150,9 @@ impl NonceBucket {
 
     async fn submit(&self, key: &str, kind: Kind) -> Answer {
         if !self.connected.get() || self.jobs.borrow().len() >= MAX_QUEUED {
-            bump(&self.stats.unavailable);
-            return Answer::Unavailable { sent: false };
+            let a = Answer::Unavailable { sent: false };
+            self.stats.outcome(&a);
+            return a;
         }
         let (tx, rx) = oneshot::channel();
         self.jobs.borrow_mut().push_back(Job {
@@ -141,9 +162,7 @@ impl NonceBucket {
         });
         self.wake.notify(1);
         let a = rx.await.unwrap_or(Answer::Unavailable { sent: true });
-        if matches!(a, Answer::Unavailable { .. }) {
-            bump(&self.stats.unavailable);
-        }
+        self.stats.outcome(&a);
         a
     }
 
@@ -185,6 +204,53 @@ impl NonceBucket {
         Owner::Theirs(Vec::new())
     }
 
+    /// The bucket's metrics, in the Prometheus text format.
+    pub fn render_metrics(&self, s: &mut String) {
+        use std::fmt::Write as _;
+        let st = &self.stats;
+        s.push_str("# HELP vvgate_nonce_bucket_requests_total Operations on the shared nonce bucket by outcome (created, exists: a create found the key; found, absent: a read; unavailable: no answer).\n# TYPE vvgate_nonce_bucket_requests_total counter\n");
+        for (name, n) in OUTCOMES.iter().zip(&st.outcomes) {
+            let _ = writeln!(
+                s,
+                "vvgate_nonce_bucket_requests_total{{outcome=\"{name}\"}} {}",
+                n.get()
+            );
+        }
+        let us = st.round_trip_us.get();
+        let _ = writeln!(
+            s,
+            "# HELP vvgate_nonce_bucket_round_trip_seconds Round trips of answered bucket operations (write to answer).\n# TYPE vvgate_nonce_bucket_round_trip_seconds summary\nvvgate_nonce_bucket_round_trip_seconds_sum {}.{:06}\nvvgate_nonce_bucket_round_trip_seconds_count {}",
+            us / 1_000_000,
+            us % 1_000_000,
+            st.answered.get()
+        );
+        for (name, help, kind, value) in [
+            (
+                "vvgate_nonce_bucket_connected",
+                "1 while the connection to the nonce bucket is up.",
+                "gauge",
+                u64::from(self.connected.get()),
+            ),
+            (
+                "vvgate_nonce_bucket_reconnects_total",
+                "Times the nonce bucket connection was lost or could not be made.",
+                "counter",
+                st.reconnects.get(),
+            ),
+            (
+                "vvgate_nonce_bucket_claims_settled_total",
+                "Cluster claims settled without a request (after a restart or an outage).",
+                "counter",
+                st.settled.get(),
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+
     fn fail_queued(&self) {
         for job in self.jobs.borrow_mut().drain(..) {
             let _ = job.reply.send(Answer::Unavailable { sent: false });
@@ -209,6 +275,32 @@ pub async fn connect_and_check(
     Ok(conn)
 }
 
+/// Connect again after a loss (the next queue node first) and check the bucket. Once the
+/// bucket has passed the check in this process, a check that JetStream's API cannot answer
+/// (the cluster is electing a meta leader after losing a node) does not hold the connection
+/// back: keys can still be created and read, since the bucket's stream has its own leader, and
+/// the check runs again at the next reconnect. A bucket that answers with a wrong
+/// configuration is always refused.
+async fn reconnect(
+    setup: &mut ForwardSetup,
+    spec: &BucketSpec,
+    create: bool,
+    checked: &mut bool,
+) -> Result<Connection, NatsError> {
+    let mut conn = crate::forward::connect(setup).await?;
+    match bucket::ensure_bucket(&mut conn, spec, create).await {
+        Ok(_) => {
+            *checked = true;
+            Ok(conn)
+        }
+        Err(e @ (NatsError::Timeout(_) | NatsError::JetStream { code: 503, .. })) if *checked => {
+            tracing::debug!(error = %e, "nonce bucket check not answered; using the connection");
+            Ok(conn)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Run the bucket connection until the gateway stops.
 pub async fn run(
     b: Rc<NonceBucket>,
@@ -216,12 +308,14 @@ pub async fn run(
     create: bool,
     first: Option<Connection>,
 ) {
+    // Whether this process has seen the bucket's configuration pass the check.
+    let mut checked = first.is_some();
     let mut conn = first;
     let mut backoff = Duration::from_millis(100);
     loop {
         let c = match conn.take() {
             Some(c) => Ok(c),
-            None => connect_and_check(&mut setup, &b.spec, create).await,
+            None => reconnect(&mut setup, &b.spec, create, &mut checked).await,
         };
         let result = match c {
             Ok(c) => {
@@ -333,7 +427,11 @@ async fn session(b: &NonceBucket, mut conn: Connection) -> Result<(), NatsError>
         loop {
             if let Some(reply) = next {
                 last_traffic = Instant::now();
-                if let Some((job, _)) = inflight.remove(&reply.id) {
+                if let Some((job, sent)) = inflight.remove(&reply.id) {
+                    bump(&b.stats.answered);
+                    let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let sum = &b.stats.round_trip_us;
+                    sum.set(sum.get().saturating_add(us));
                     let answer = answer_of(&job.kind, &reply, &mut tape);
                     let _ = job.reply.send(answer);
                 }

@@ -17,11 +17,22 @@ use vvgate_storage::{NonceRecord, Route};
 use crate::ids;
 use crate::json::Cjson;
 
-/// The bucket key of `(ts, nonce)`; `ts` is the header's canonical decimal text.
+/// The bucket key of `(ts, nonce)` in telemetry's namespace (telemetry and both cognitive
+/// routes); `ts` is the header's canonical decimal text.
 pub fn kv_key(ts_text: &str, nonce: &str) -> String {
+    prefixed("n.", ts_text, nonce)
+}
+
+/// The bucket key of a federation bundle's `(timestamp, nonce)`: federation has its own
+/// namespace (CONTRACT.md §3.5), so its keys start with `f.`.
+pub fn federation_kv_key(ts: u64, nonce: &str) -> String {
+    prefixed("f.", &ts.to_string(), nonce)
+}
+
+fn prefixed(prefix: &str, ts_text: &str, nonce: &str) -> String {
     let d = ids::sha256_parts(&[ts_text.as_bytes(), b":", nonce.as_bytes()]);
     let mut key = String::with_capacity(66);
-    key.push_str("n.");
+    key.push_str(prefix);
     key.push_str(&ids::hex32(&d));
     key
 }
@@ -120,6 +131,11 @@ mod tests {
         assert_eq!(
             kv_key("1772107200", "3f1c2a9e-0000-4000-8000-000000000001"),
             "n.0aa3f41753eef11d245c373d777a226a9c694ae84aa3036e1cbc4fc95e264c15"
+        );
+        // Federation's namespace: the same hash under its own prefix.
+        assert_eq!(
+            federation_kv_key(1_772_107_200, "3f1c2a9e-0000-4000-8000-000000000001"),
+            "f.0aa3f41753eef11d245c373d777a226a9c694ae84aa3036e1cbc4fc95e264c15"
         );
     }
 

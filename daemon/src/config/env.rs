@@ -38,7 +38,7 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("rate_limit_per_minute", Kind::Int),
     ("rate_limit_backend", Kind::Str),
     ("queue_backend", Kind::Str),
-    ("nats_url", Kind::Str),
+    ("nats_url", Kind::List),
     ("queue_subject", Kind::Str),
     ("dlq_subject", Kind::Str),
     ("operator_tenant_map", Kind::JsonMap),

@@ -210,7 +210,8 @@ pub struct TlsConfig {
 
 #[derive(Clone, Debug)]
 pub struct NatsConfig {
-    pub url: Option<String>,
+    /// The queue nodes (`tls://host:port`), tried in turn; empty without `nats_url`.
+    pub urls: Vec<String>,
     pub ca_path: Option<PathBuf>,
     pub cert_path: Option<PathBuf>,
     pub key: Option<KeyRef>,

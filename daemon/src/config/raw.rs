@@ -30,7 +30,8 @@ pub(crate) struct RawConfig {
     pub(crate) evidence: RawEvidence,
 }
 
-/// A pin: one fingerprint or a list (certificate rotation).
+/// One string or a list: a pin (one fingerprint, or several during certificate rotation), or
+/// `nats_url` (one queue node, or several tried in turn).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum PinSpec {
@@ -59,7 +60,7 @@ pub(crate) struct RawGateway {
     pub(crate) rate_limit_per_minute: Option<i64>,
     pub(crate) rate_limit_backend: Option<String>,
     pub(crate) queue_backend: Option<String>,
-    pub(crate) nats_url: Option<String>,
+    pub(crate) nats_url: Option<PinSpec>,
     pub(crate) queue_subject: Option<String>,
     pub(crate) dlq_subject: Option<String>,
     pub(crate) operator_tenant_map: Option<BTreeMap<String, String>>,

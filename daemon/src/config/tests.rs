@@ -508,3 +508,45 @@ fn signature_verification_mode() {
         "{p:?}"
     );
 }
+
+#[test]
+fn nats_url_is_one_node_or_a_list_and_every_entry_is_checked() {
+    let nats = |url: &str| {
+        minimal().replace(
+            "[tls]",
+            &format!("queue_backend = \"nats\"\nnats_url = {url}\n\n[nats]\nca_path = \"ca.pem\"\ncert_path = \"c.pem\"\nkey = \"file:c.key\"\n\n[tls]"),
+        )
+    };
+    let c = parse_env(&nats("\"tls://q1:4222\""), &[]).unwrap();
+    assert_eq!(c.nats.urls, ["tls://q1:4222"]);
+    let c = parse_env(&nats("[\"tls://q1:4222\", \"tls://q2:4222\"]"), &[]).unwrap();
+    assert_eq!(c.nats.urls, ["tls://q1:4222", "tls://q2:4222"]);
+    // The environment takes a comma list (or one URL).
+    let c = parse_env(
+        &nats("\"tls://q1:4222\""),
+        &[("VV_TG_NATS_URL", "tls://q3:4222,tls://q4:4222")],
+    )
+    .unwrap();
+    assert_eq!(c.nats.urls, ["tls://q3:4222", "tls://q4:4222"]);
+    // Each bad entry is named by its position; an empty list is refused.
+    let p = problems(parse_env(
+        &nats("[\"tls://q1:4222\", \"nats://q2:4222\", \"tls://q3\"]"),
+        &[],
+    ));
+    assert!(
+        has(&p, "telemetry_gateway.nats_url[1]", "tls://host:port"),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, "telemetry_gateway.nats_url[2]", "tls://host:port"),
+        "{p:?}"
+    );
+    assert!(!has(&p, "telemetry_gateway.nats_url[0]", ""), "{p:?}");
+    let p = problems(parse_env(&nats("[]"), &[]));
+    assert!(
+        has(&p, "telemetry_gateway.nats_url", "is required"),
+        "{p:?}"
+    );
+    let p = problems(parse_env(&nats("\"nats://q1:4222\""), &[]));
+    assert!(has(&p, "telemetry_gateway.nats_url", "always TLS"), "{p:?}");
+}

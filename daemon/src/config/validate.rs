@@ -767,8 +767,13 @@ pub(super) fn validate(
         .key
         .as_deref()
         .and_then(|v| c.key_ref("nats.key", v, &[Purpose::Tls, Purpose::TlsEd25519]));
+    let nats_urls = match g.nats_url.clone() {
+        None => Vec::new(),
+        Some(PinSpec::One(u)) => vec![u],
+        Some(PinSpec::Many(v)) => v,
+    };
     let nats = NatsConfig {
-        url: g.nats_url.clone(),
+        urls: nats_urls,
         ca_path: n.ca_path.as_deref().map(|p| c.path(p)),
         cert_path: n.cert_path.as_deref().map(|p| c.path(p)),
         key: nats_key,
@@ -789,13 +794,26 @@ pub(super) fn validate(
         );
     }
     if queue_backend == QueueBackend::Nats {
-        match &nats.url {
-            None => c.bad(&k("nats_url"), "is required with queue_backend = \"nats\""),
-            Some(u) if crate::forward::parse_url(u).is_none() => c.bad(
+        if nats.urls.is_empty() {
+            c.bad(
                 &k("nats_url"),
-                format!("must be tls://host:port (got {u:?}); the queue connection is always TLS"),
-            ),
-            Some(_) => {}
+                "is required with queue_backend = \"nats\" (one tls://host:port or a list)",
+            );
+        }
+        for (i, u) in nats.urls.iter().enumerate() {
+            if crate::forward::parse_url(u).is_none() {
+                let key = if nats.urls.len() == 1 {
+                    k("nats_url")
+                } else {
+                    format!("{}[{i}]", k("nats_url"))
+                };
+                c.bad(
+                    &key,
+                    format!(
+                        "must be tls://host:port (got {u:?}); the queue connection is always TLS"
+                    ),
+                );
+            }
         }
         for (key, missing) in [
             ("nats.ca_path", nats.ca_path.is_none()),

@@ -202,23 +202,13 @@ pub async fn telemetry(
     let kv_key = match &gw.cluster {
         None => None,
         Some(b) => {
-            match gw.store.claim_get(&key) {
-                Ok(None) => {}
-                Ok(Some(raw)) => {
-                    return cluster::settle::resume(gw, b, &ctx, key, &raw, body_sha256, out).await
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cluster claim lookup failed");
-                    return gw
-                        .refuse(&ctx, Rejection::NonceStoreUnavailable.into(), out)
-                        .await;
-                }
-            }
             let kv_key = cluster::value::kv_key(signed.ts_text, signed.nonce);
-            if let Some(r) = cluster::settle::lookup(gw, b, &ctx, &kv_key, body_sha256, out).await {
-                return r;
+            let answers = cluster::settle::TELEMETRY;
+            match cluster::settle::check(gw, b, &ctx, key, kv_key, body_sha256, answers, out).await
+            {
+                Ok(kv_key) => Some(kv_key),
+                Err(r) => return r,
             }
-            Some(kv_key)
         }
     };
 
@@ -297,11 +287,7 @@ pub async fn telemetry(
         outcome,
         Rejection::NonceReused,
         202,
-        |out| {
-            out.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
-            out.extend_from_slice(ctx.request_id_text.as_bytes());
-            out.extend_from_slice(b"\"}");
-        },
+        |out| accepted_body(out, &ctx.request_id_text),
         out,
     )
 }
@@ -668,6 +654,14 @@ pub fn committed_answer(
         }
         Err(SubmitError::Full) => gw.answer(ctx, Rejection::Overloaded.into(), out),
     }
+}
+
+/// Telemetry's success body, `{"accepted":true,"request_id":"<id>"}` (also the idempotent
+/// answer to an identical re-send).
+pub fn accepted_body(out: &mut Vec<u8>, request_id: &str) {
+    out.extend_from_slice(b"{\"accepted\":true,\"request_id\":\"");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\"}");
 }
 
 /// Write the error body of a refusal (with `original` for an identical re-send).

@@ -69,6 +69,9 @@ pub enum Rejection {
     FederationTimestampOutsideSkew,
     FederationSignatureInvalid,
     FederationNonceReused,
+    /// `jetstream_kv`: the shared bucket holds a malformed or foreign value under a federation
+    /// key (fail closed: a replay).
+    FederationNonceForeignValue,
     // Cognitive routes (§8).
     GraphSchemaInvalid,
     GraphTooLarge,
@@ -111,7 +114,10 @@ impl Rejection {
             | SignedMetadataMismatch
             | FederationTimestampOutsideSkew
             | FederationSignatureInvalid => 401,
-            NonceReused | NonceForeignValue | FederationNonceReused => 409,
+            NonceReused
+            | NonceForeignValue
+            | FederationNonceReused
+            | FederationNonceForeignValue => 409,
             InvalidJson
             | SchemaInvalid
             | CanonicalSchemaInvalid
@@ -195,7 +201,9 @@ impl Rejection {
                 "Federation bundle timestamp out of allowed clock skew"
             }
             FederationSignatureInvalid => "Federation proof-of-origin verification failed",
-            FederationNonceReused => "Replay detected: federation bundle nonce already used",
+            FederationNonceReused | FederationNonceForeignValue => {
+                "Replay detected: federation bundle nonce already used"
+            }
             GraphSchemaInvalid => "Execution graph schema validation failed",
             GraphTooLarge => "Execution graph exceeds size limits",
             GraphSchemaVersionNotAllowed => "Execution graph schema version is not allowed",
@@ -216,7 +224,7 @@ impl Rejection {
             CanonicalSchemaInvalid => Some("canonical_schema_failed"),
             ContractV2NotObject => Some("contract_v2_validation_failed"),
             ContractV2Invalid => Some("contract_v2_schema_failed"),
-            NonceForeignValue => Some("kv_value_malformed"),
+            NonceForeignValue | FederationNonceForeignValue => Some("kv_value_malformed"),
             NonceBucketUnavailable => Some("nonce_bucket_unavailable"),
             MalformedHttp
             | RequestTimeout
@@ -315,7 +323,7 @@ impl Rejection {
     }
 
     /// Every variant, for tests that walk the table.
-    pub const ALL: [Rejection; 57] = {
+    pub const ALL: [Rejection; 58] = {
         use Rejection::*;
         [
             MalformedHttp,
@@ -370,6 +378,7 @@ impl Rejection {
             FederationTimestampOutsideSkew,
             FederationSignatureInvalid,
             FederationNonceReused,
+            FederationNonceForeignValue,
             GraphSchemaInvalid,
             GraphTooLarge,
             GraphSchemaVersionNotAllowed,

@@ -168,6 +168,11 @@ const TABLE: &[(Rejection, u16, &str)] = &[
         "Replay detected: federation bundle nonce already used",
     ),
     (
+        FederationNonceForeignValue,
+        409,
+        "Replay detected: federation bundle nonce already used",
+    ),
+    (
         GraphSchemaInvalid,
         422,
         "Execution graph schema validation failed",
