@@ -346,7 +346,7 @@ mod tests {
         let cfg = crate::config::Config::load_with_env(&path, &|_| None).unwrap();
         assert_eq!(cfg.state_dir, dir);
         // Keys and certificates load and match.
-        crate::run::prepare(cfg).unwrap();
+        crate::run::prepare(cfg, crate::run::StartupProgress::begin()).unwrap();
         let (_, again) = ensure_dev_dir(&dir, "x", "y").unwrap();
         assert!(!again, "an existing dev directory is reused");
         let _ = std::fs::remove_dir_all(&dir);

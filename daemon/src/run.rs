@@ -92,6 +92,32 @@ impl RunError {
     }
 }
 
+/// Start-up progress at info level: each step and the milliseconds since the process began
+/// starting, so a start that stops on the way names the last step it finished.
+#[derive(Clone, Copy)]
+pub struct StartupProgress {
+    began: Instant,
+}
+
+impl StartupProgress {
+    /// Begin timing; logs the first step.
+    pub fn begin() -> Self {
+        let p = Self {
+            began: Instant::now(),
+        };
+        tracing::info!(pid = std::process::id(), "start-up: starting");
+        p
+    }
+
+    /// Log that `step` is done.
+    pub fn step(&self, step: &str) {
+        tracing::info!(
+            ms = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "start-up: {step}"
+        );
+    }
+}
+
 /// What `prepare` built: everything that can fail before the first byte is served.
 pub struct Prepared {
     cfg: Rc<Config>,
@@ -108,6 +134,7 @@ pub struct Prepared {
     /// Whether the key store can serve now; `None` for key files. It owns the PKCS#11 store,
     /// which must live as long as the keys taken from it.
     keystore_ready: Option<gateway::KeystoreProbe>,
+    progress: StartupProgress,
 }
 
 /// Open the configured key store: for PKCS#11 one read-only session and one login (a refused
@@ -142,8 +169,9 @@ pub fn open_keystore(
 
 /// Check keys, TLS material and the catalogue without opening storage or sockets
 /// (`vvgated --check-config` stops here).
-pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
+pub fn prepare(cfg: Config, progress: StartupProgress) -> Result<Prepared, RunError> {
     let (keystore, keystore_ready) = open_keystore(&cfg)?;
+    progress.step("key store open");
     let key_err = |key: String| move |source| RunError::Key { key, source };
     let tls = tls::server_setup(&cfg, keystore.as_ref())?;
     let checkpoint_signer = keystore
@@ -198,6 +226,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         Some(_) => Some(crate::forward::setup(&cfg, keystore.as_ref())?),
         None => None,
     };
+    progress.step("keys, TLS material and catalogue checked");
     Ok(Prepared {
         cfg: Rc::new(cfg),
         tls,
@@ -208,6 +237,7 @@ pub fn prepare(cfg: Config) -> Result<Prepared, RunError> {
         checkpoint_signer,
         feedback_key,
         keystore_ready,
+        progress,
     })
 }
 
@@ -272,11 +302,13 @@ async fn first_connection(
 /// Run the gateway until SIGTERM or SIGINT; `config_path` is read again on reload.
 pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
     let cfg = Rc::clone(&p.cfg);
+    let progress = p.progress;
     ensure_state_dir(&cfg.state_dir)?;
     let store = Arc::new(Store::open(
         &database_path(&cfg.state_dir),
         cfg.storage_cache_bytes,
     )?);
+    progress.step("database open");
     // The test seam for the wall clock: dev mode only, never in production.
     let clock_file = (cfg.mode == crate::config::Mode::Dev)
         .then(|| std::env::var_os(crate::time::TEST_CLOCK_ENV))
@@ -323,6 +355,7 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
         what: "cannot start the storage thread",
         source,
     })?;
+    progress.step("storage thread started");
     let audit_key = crate::audit::checkpoint::VerifierKey {
         name: cfg.audit.checkpoint_origin.clone(),
         alg: crate::audit::checkpoint::ALG_ED25519,
@@ -331,6 +364,7 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
     if let Err(problem) = crate::audit::startup_check(&store, &audit_key) {
         committer.shared.set_audit_problem(problem);
     }
+    progress.step("audit log checked");
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
@@ -370,6 +404,7 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
         crl_next_update: p.tls.crl_next_update,
     });
     crate::killswitch::restore(&gw)?;
+    progress.step("kill switch state read");
     let reloader = Rc::new(crate::reload::Reloader {
         config_path: config_path.to_owned(),
         keystore: p.keystore,
@@ -392,6 +427,7 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
                 what: "cannot create the control socket",
                 source,
             })?;
+        progress.step("listeners bound");
 
         let started = gw
             .audit_system(
@@ -416,6 +452,7 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
                 source: std::io::Error::other("storage commit failed"),
             });
         }
+        progress.step("gateway.started committed");
         if let Some(mut setup) = p.forward {
             // A reachable queue with a missing or wrong stream is a start-up error; an
             // unreachable one is not (ingest goes on into the spool, forwarding retries).
@@ -424,8 +461,11 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
                 "queue not reachable at start; forwarding will retry",
             )
             .await?;
-            if first.is_none() {
-                tracing::warn!("queue not connected yet; events stay in the spool until it is");
+            match first {
+                Some(_) => progress.step("queue connected, stream checked"),
+                None => {
+                    tracing::warn!("queue not connected yet; events stay in the spool until it is")
+                }
             }
             ex.spawn(crate::forward::run(Rc::clone(&gw), setup, first))
                 .detach();
@@ -438,6 +478,9 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
                 "nonce bucket not reachable at start; telemetry answers 503 until it is",
             )
             .await?;
+            if first.is_some() {
+                progress.step("nonce bucket connected, configuration checked");
+            }
             ex.spawn(crate::cluster::run(
                 Rc::clone(&b),
                 setup,

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     } else {
         args.config
     };
+    let progress = run::StartupProgress::begin();
     let cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -61,7 +62,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let prepared = match run::prepare(cfg) {
+    progress.step("configuration loaded");
+    let prepared = match run::prepare(cfg, progress) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("vvgated: {e}");
