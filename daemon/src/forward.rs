@@ -442,14 +442,18 @@ fn subject(cfg: &Config, kind: EnvelopeKind) -> &str {
 
 /// Read segments from `from` on (at most `limit`). Envelopes are not copied: each is located
 /// by byte ranges in its segment's record.
-fn load(gw: &Gateway, from: u64, limit: usize) -> Result<Vec<Segment>, NatsError> {
+/// Also returns the spool's next sequence number in the same snapshot: when fewer than `limit`
+/// segments came back, every sequence below it that is not among them is gone (acknowledged
+/// and deleted), so the reader's cursor may move up to it.
+fn load(gw: &Gateway, from: u64, limit: usize) -> Result<(Vec<Segment>, u64), NatsError> {
     let storage =
         |e: vvgate_storage::StorageError| NatsError::Io(std::io::Error::other(e.to_string()));
-    let rows = gw
+    let (rows, next_seq) = gw
         .store
         .read()
-        .and_then(|r| r.spool_range(from, limit))
+        .and_then(|r| Ok((r.spool_range(from, limit)?, r.spool_stats()?.next_seq)))
         .map_err(storage)?;
+    let exhausted = rows.len() < limit;
     let mut out = Vec::with_capacity(rows.len());
     for (seq, raw) in rows {
         let (spooled_at, items) = {
@@ -480,7 +484,8 @@ fn load(gw: &Gateway, from: u64, limit: usize) -> Result<Vec<Segment>, NatsError
             acked: 0,
         });
     }
-    Ok(out)
+    let end = if exhausted { next_seq } else { 0 };
+    Ok((out, end))
 }
 
 /// Account for one PubAck; any refusal ends the session (re-publish after reconnect).
@@ -563,12 +568,17 @@ async fn session(
         // Keep about two windows of envelopes loaded.
         let loaded: usize = queue.iter().map(|s| s.items.len() - s.acked).sum();
         if loaded < window * 2 {
-            for seg in load(gw, cursor, READ_SEGMENTS)? {
+            let (segments, end) = load(gw, cursor, READ_SEGMENTS)?;
+            for seg in segments {
                 cursor = seg.seq + 1;
                 if seg.seq >= *released_below {
                     queue.push_back(seg);
                 }
             }
+            // Sequences below the spool's end that were not read are deleted: without this, a
+            // spool emptied before a restart (cursor 0, next sequence above it) would look
+            // forever like it had unread segments.
+            cursor = cursor.max(end);
         }
         // Publish up to the window, in spool order.
         for seg in queue.iter_mut() {
@@ -610,6 +620,9 @@ async fn session(
         if inflight.is_empty() {
             let listener = gw.committer.shared.spooled.listen();
             if gw.committer.shared.spool_next_seq.load(Ordering::Relaxed) > cursor {
+                // Segments committed since the load: read them, after letting the other tasks
+                // run (this path has no other await, and the event loop is shared).
+                futures_lite::future::yield_now().await;
                 continue;
             }
             if idle_since.elapsed() >= IDLE_PING {

@@ -457,3 +457,47 @@ fn a_hostile_queue_server_cannot_crash_the_gateway_or_drop_events() {
         );
     }
 }
+
+#[test]
+fn a_restart_on_an_emptied_spool_comes_up_and_forwards() {
+    // Everything forwarded and deleted before a crash leaves an empty spool whose next
+    // sequence number is above 0; the forwarder of the next start must not take that for
+    // unread segments (it once spun on the event loop there, and the start never finished).
+    let (dir, pki) = new_pki();
+    let ns = NatsServer::start(&pki, NatsAuth::UserPass);
+    let mut g = gateway_for(&ns, dir, pki.clone(), &[]);
+    let p = pki.producer();
+    let first = request(&p, &valid());
+    let mut c = g.connect();
+    assert_eq!(c.send(&first).unwrap().status, 202);
+    wait_drained(&g, 30);
+    // A decision after the deletions makes them durable (a replay: answered 409, audited).
+    assert_eq!(c.send(&first).unwrap().status, 409);
+    drop(c);
+    g.kill9();
+    // Start-up finishes (the harness fails the test after 60 s otherwise) ...
+    g.restart();
+    assert!(
+        g.log_text()
+            .contains("start-up: queue connected, stream checked"),
+        "{}",
+        g.log_text()
+    );
+    // ... and the next event is forwarded.
+    let second = valid();
+    assert_eq!(g.connect().send(&request(&p, &second)).unwrap().status, 202);
+    wait_drained(&g, 30);
+    let in_stream: Vec<String> = ns
+        .messages(&pki)
+        .iter()
+        .filter(|m| m.subject == "vectorvue.telemetry.ingest")
+        .map(|m| {
+            m.envelope()["payload"]["nonce"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(in_stream.len(), 2, "{in_stream:?}");
+    assert!(in_stream.contains(&second.nonce));
+}
