@@ -153,7 +153,7 @@ pub fn setup(cfg: &Config, keystore: &dyn KeyStore) -> Result<ForwardSetup, Forw
         Some(p) => Credentials::load(p)?,
         None => Credentials::None,
     };
-    let retention = cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1;
+    let retention = cfg.nonce_retention_secs();
     Ok(ForwardSetup {
         options: NatsOptions {
             // Resolved at each connect (the name may move).

@@ -328,10 +328,8 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
         seal_every: cfg.audit.seal_every,
         spool_max_events: cfg.spool_max_events,
         spool_max_bytes: cfg.spool_max_bytes,
-        nonce_retention_secs: cfg.allowed_clock_skew_seconds + cfg.nonce_ttl_seconds + 1,
-        federation_nonce_retention_secs: cfg.federation.allowed_clock_skew_seconds
-            + cfg.nonce_ttl_seconds
-            + 1,
+        nonce_retention_secs: cfg.nonce_retention_secs(),
+        federation_nonce_retention_secs: cfg.federation_nonce_retention_secs(),
         checkpoint: Some(commit::CheckpointSetup {
             origin: cfg.audit.checkpoint_origin.clone(),
             interval: Duration::from_secs(cfg.audit.seal_interval_seconds),

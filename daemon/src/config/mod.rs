@@ -344,6 +344,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long a telemetry nonce is kept after its signed timestamp: the skew window, the
+    /// nonce TTL and a second of margin (also the queue's minimum duplicate window).
+    pub fn nonce_retention_secs(&self) -> u64 {
+        self.allowed_clock_skew_seconds + self.nonce_ttl_seconds + 1
+    }
+
+    /// The same for federation nonces, with federation's own skew window.
+    pub fn federation_nonce_retention_secs(&self) -> u64 {
+        self.federation.allowed_clock_skew_seconds + self.nonce_ttl_seconds + 1
+    }
+
     /// Read `path`, apply the process environment, validate.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with_env(path, &|k| std::env::var(k).ok())
