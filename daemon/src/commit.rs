@@ -214,6 +214,12 @@ pub struct Shared {
     pub audit_index: AtomicU64,
     pub commits: AtomicU64,
     pub committed_ops: AtomicU64,
+    /// Wall time spent in group commits (building the transaction and the durable commit,
+    /// fdatasync included), microseconds.
+    pub commit_wall_us: AtomicU64,
+    /// The storage thread's CPU time in group commits, microseconds. The difference to
+    /// `commit_wall_us` is mostly waiting for the disk.
+    pub commit_cpu_us: AtomicU64,
     pub failed_commits: AtomicU64,
     /// False after a failed commit until the next successful one.
     pub healthy: AtomicBool,
@@ -960,6 +966,7 @@ impl StorageThread {
         outcomes.clear();
         let now = self.clock.now();
         let sweep = self.last_sweep.elapsed() >= Duration::from_secs(1);
+        let (started, cpu_at_start) = (Instant::now(), crate::time::thread_cpu_us());
         let result = {
             let store = Arc::clone(&self.store);
             store.batch(|b| {
@@ -989,6 +996,14 @@ impl StorageThread {
                 Ok((b.spool_stats(), b.audit_head(), spooled))
             })
         };
+        let wall_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let cpu_us = crate::time::thread_cpu_us().saturating_sub(cpu_at_start);
+        self.shared
+            .commit_wall_us
+            .fetch_add(wall_us, Ordering::Relaxed);
+        self.shared
+            .commit_cpu_us
+            .fetch_add(cpu_us, Ordering::Relaxed);
         match result {
             Ok((spool, head, spooled)) => {
                 if sweep {

@@ -442,6 +442,16 @@ impl Gateway {
                 s.committed_ops.load(Ordering::Relaxed),
             ),
             (
+                "vvgate_storage_commit_microseconds_total",
+                "Wall time spent in group commits, fdatasync included.",
+                s.commit_wall_us.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_storage_commit_cpu_microseconds_total",
+                "CPU time of the storage thread in group commits (the rest of the wall time is mostly waiting for the disk).",
+                s.commit_cpu_us.load(Ordering::Relaxed),
+            ),
+            (
                 "vvgate_storage_failed_commits_total",
                 "Failed group commits.",
                 s.failed_commits.load(Ordering::Relaxed),

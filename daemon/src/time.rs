@@ -34,6 +34,16 @@ static STEP: AtomicI64 = AtomicI64::new(0);
 pub const TEST_CLOCK_ENV: &str = "VVGATE_DEV_CLOCK_STEP_FILE";
 
 /// Set the test seam's step (seconds).
+/// CPU time this thread has used, in microseconds (0 if the clock cannot be read). For
+/// accounting (the storage thread's commit cost, benchmarks), never for decisions.
+pub fn thread_cpu_us() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| {
+        let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+        let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+        secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
+    })
+}
+
 pub fn set_step(secs: i64) {
     STEP.store(secs, Ordering::Relaxed);
 }

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `nonces` | `[u8; 24]`: signed timestamp (u64 big-endian) ‖ first 16 bytes of SHA-256(nonce) | [`NonceRecord`] |
 //! | `federation_nonces` | same layout, federation bundles only | [`NonceRecord`] |
+//! | `nonce_stage` | u64 sequence, in acceptance order | a nonce accepted since the last merge: space (1 byte) ‖ nonce key (24 bytes) ‖ [`NonceRecord`] |
 //! | `spool` | u64 segment sequence, in acceptance order | [`SpoolSegment`]: the envelopes of one group commit |
 //! | `audit` | u64 index of the row's first entry | the CJSON lines of the entries one group commit appended, joined by `\n` (one row per commit, not per entry) |
 //! | `audit_hashes` | u64 block number | 256 stored Merkle hashes (32 bytes each), block *b* holding stored indexes `256b ..` ([`tree`]); only complete blocks |
@@ -16,6 +17,15 @@
 //!
 //! Nonce keys start with the signed timestamp so that inserts land at the right edge of the
 //! B-tree and expiry is one range delete (random keys cost ten times more per insert).
+//!
+//! Within one second of signed timestamps the keys are still random, so a group commit's
+//! nonces would land in as many leaves as it holds nonces, and every dirty leaf is one more
+//! scattered page for the commit's fdatasync (about 60 µs each on a virtio disk). So a commit
+//! appends its nonces to `nonce_stage` instead (sequential keys: one or two pages) and keeps
+//! them in memory; about once a second ([`STAGE_MERGE_INTERVAL`], or after
+//! [`STAGE_MERGE_ENTRIES`]) one commit moves everything staged into `nonces` /
+//! `federation_nonces`, touching each leaf once for many nonces. Lookups ask the staged set
+//! first, then the table; a restart reads the stage back.
 //!
 //! Graph records are keyed by tenant first, so a tenant's records are one key range and a
 //! reader asks for exactly one tenant's range: there is no query that spans tenants. The
@@ -30,9 +40,11 @@ mod audit;
 pub mod records;
 pub mod tree;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
@@ -45,12 +57,19 @@ pub use records::{
 };
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 const NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> = TableDefinition::new("nonces");
 const FED_NONCES: TableDefinition<'static, [u8; 24], &'static [u8]> =
     TableDefinition::new("federation_nonces");
+const NONCE_STAGE: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("nonce_stage");
 const SPOOL: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("spool");
+
+/// Staged nonces are merged into their tables once this many are staged...
+pub const STAGE_MERGE_ENTRIES: usize = 4096;
+/// ...or this long after the last merge, whichever comes first.
+pub const STAGE_MERGE_INTERVAL: Duration = Duration::from_secs(1);
 const AUDIT: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("audit");
 const AUDIT_HASHES: TableDefinition<'static, u64, &'static [u8]> =
     TableDefinition::new("audit_hashes");
@@ -174,7 +193,7 @@ pub fn nonce_key(ts: u64, nonce: &str) -> [u8; 24] {
 }
 
 /// Which nonce namespace (CONTRACT.md §3.5 and §7: federation bundles have their own).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NonceSpace {
     /// Telemetry and both cognitive routes.
     Telemetry,
@@ -187,6 +206,14 @@ impl NonceSpace {
         match self {
             NonceSpace::Telemetry => 0,
             NonceSpace::Federation => 1,
+        }
+    }
+
+    fn from_index(i: u8) -> Option<Self> {
+        match i {
+            0 => Some(NonceSpace::Telemetry),
+            1 => Some(NonceSpace::Federation),
+            _ => None,
         }
     }
 
@@ -215,6 +242,56 @@ pub struct Store {
     generation: AtomicU64,
     /// The read snapshot [`Store::nonce_get`] reuses until the next commit.
     snapshot: Mutex<Option<NonceSnapshot>>,
+    /// Nonces committed to `nonce_stage` and not merged yet: exactly the table's rows.
+    staged: Mutex<Staged>,
+}
+
+/// The committed rows of `nonce_stage`, in memory for lookups.
+#[derive(Default)]
+struct Staged {
+    records: HashMap<(NonceSpace, [u8; 24]), NonceRecord>,
+    /// Sequence of the next stage row.
+    next_seq: u64,
+    /// When the stage was last merged (or loaded).
+    merged_at: Option<Instant>,
+}
+
+impl Staged {
+    fn merge_due(&self) -> bool {
+        !self.records.is_empty()
+            && (self.records.len() >= STAGE_MERGE_ENTRIES
+                || self
+                    .merged_at
+                    .is_none_or(|t| t.elapsed() >= STAGE_MERGE_INTERVAL))
+    }
+}
+
+/// A stage row: space ‖ key ‖ postcard [`NonceRecord`].
+fn encode_stage_row(space: NonceSpace, key: &[u8; 24], rec: &NonceRecord, out: &mut Vec<u8>) {
+    out.clear();
+    out.push(u8::try_from(space.index()).unwrap_or(u8::MAX));
+    out.extend_from_slice(key);
+    let mut tail = std::mem::take(out);
+    // A NonceRecord always encodes (fixed-size fields only).
+    if let Ok(t) = postcard::to_extend(rec, std::mem::take(&mut tail)) {
+        tail = t;
+    }
+    *out = tail;
+}
+
+fn decode_stage_row(row: &[u8]) -> Result<(NonceSpace, [u8; 24], NonceRecord), StorageError> {
+    let bad = |detail: &str| StorageError::Corrupt {
+        what: "staged nonce",
+        detail: detail.to_owned(),
+    };
+    let (&space, rest) = row.split_first().ok_or_else(|| bad("empty row"))?;
+    let space = NonceSpace::from_index(space).ok_or_else(|| bad("unknown nonce space"))?;
+    let key: [u8; 24] = rest
+        .get(..24)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| bad("short key"))?;
+    let rec = records::decode(&rest[24..]).map_err(|e| corrupt("staged nonce", e))?;
+    Ok((space, key, rec))
 }
 
 /// A read transaction with its nonce tables open, valid for one commit generation. Beginning
@@ -238,6 +315,7 @@ impl Store {
             frontier: Mutex::new(None),
             generation: AtomicU64::new(0),
             snapshot: Mutex::new(None),
+            staged: Mutex::new(Staged::default()),
         };
         store.init()?;
         Ok(store)
@@ -275,6 +353,7 @@ impl Store {
         {
             txn.open_table(NONCES)?;
             txn.open_table(FED_NONCES)?;
+            txn.open_table(NONCE_STAGE)?;
             txn.open_table(SPOOL)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HASHES)?;
@@ -290,6 +369,10 @@ impl Store {
             };
             match found {
                 Some(FORMAT_VERSION) => {}
+                // Format 4 had no nonce stage (its table was just created, empty).
+                Some(4) => {
+                    meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+                }
                 // Format 3 rewrote the block being filled at every commit: it becomes tail rows.
                 Some(3) => {
                     audit::move_partial_block(&txn)?;
@@ -308,7 +391,31 @@ impl Store {
             }
         }
         txn.commit()?;
+        drop(db);
+        self.load_stage()
+    }
+
+    /// Read `nonce_stage` back into memory (at open and after a reopen).
+    fn load_stage(&self) -> Result<(), StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(NONCE_STAGE)?;
+        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.records.clear();
+        staged.next_seq = 0;
+        for row in table.iter()? {
+            let (seq, value) = row?;
+            let (space, key, rec) = decode_stage_row(value.value())?;
+            staged.records.insert((space, key), rec);
+            staged.next_seq = seq.value().saturating_add(1);
+        }
+        staged.merged_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// Move every staged nonce into its table now, in a durable commit of its own. Returns
+    /// how many were moved. Group commits do this by themselves about once a second.
+    pub fn merge_staged_nonces(&self) -> Result<usize, StorageError> {
+        self.batch_with(redb::Durability::Immediate, true, |b| Ok(b.stage_merged))
     }
 
     /// Run `f` in one write transaction and commit it durably (`Durability::Immediate`).
@@ -317,7 +424,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        self.batch_with(redb::Durability::Immediate, f)
+        self.batch_with(redb::Durability::Immediate, false, f)
     }
 
     /// Like [`Store::batch`] without waiting for the disk (`Durability::None`): the changes
@@ -327,19 +434,30 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
-        self.batch_with(redb::Durability::None, f)
+        self.batch_with(redb::Durability::None, false, f)
     }
 
     fn batch_with<T>(
         &self,
         durability: redb::Durability,
+        force_merge: bool,
         f: impl FnOnce(&mut Batch<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(durability)?;
+        // Merges ride on durable group commits (lazy ones only delete acknowledged segments).
+        let (merge, stage_seq) = {
+            let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            let due = force_merge || staged.merge_due();
+            (
+                due && !staged.records.is_empty()
+                    && matches!(durability, redb::Durability::Immediate),
+                staged.next_seq,
+            )
+        };
         let mut slot = self.frontier.lock().unwrap_or_else(|e| e.into_inner());
-        let (out, frontier) = {
+        let (out, frontier, stage_new, merged) = {
             let meta = txn.open_table(META)?;
             let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
@@ -356,7 +474,12 @@ impl Store {
             };
             let mut b = Batch {
                 txn: &txn,
-                nonces: txn.open_table(NONCES)?,
+                staged: &self.staged,
+                stage: Lazy::new(NONCE_STAGE),
+                stage_seq,
+                stage_new: Vec::new(),
+                stage_merged: 0,
+                nonces: Lazy::new(NONCES),
                 fed_nonces: Lazy::new(FED_NONCES),
                 spool: txn.open_table(SPOOL)?,
                 audit: txn.open_table(AUDIT)?,
@@ -376,14 +499,30 @@ impl Store {
                 pending_lines: Vec::new(),
                 buf: Vec::with_capacity(256),
             };
+            if merge {
+                b.merge_stage()?;
+            }
             let out = f(&mut b)?;
             b.flush_meta()?;
             b.flush_hashes()?;
             b.flush_entries()?;
-            (out, b.frontier)
+            (out, b.frontier, b.stage_new, b.stage_merged > 0)
         };
         txn.commit()?;
+        // The generation first: a lookup that no longer finds a merged nonce in the staged set
+        // then takes a snapshot that has it in its table.
         self.generation.fetch_add(1, Ordering::Release);
+        {
+            let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            if merged {
+                staged.records.clear();
+                staged.merged_at = Some(Instant::now());
+            }
+            for (space, key, rec) in stage_new {
+                staged.records.insert((space, key), rec);
+                staged.next_seq += 1;
+            }
+        }
         *slot = Some(frontier);
         Ok(out)
     }
@@ -413,6 +552,10 @@ impl Store {
         space: NonceSpace,
         key: &[u8; 24],
     ) -> Result<Option<NonceRecord>, StorageError> {
+        // The staged set before the table (see the order in `batch_with`).
+        if let Some(rec) = self.staged_get(space, key) {
+            return Ok(Some(rec));
+        }
         // Read before the snapshot is taken: a commit after it only makes it newer.
         let generation = self.generation.load(Ordering::Acquire);
         let mut slot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -437,6 +580,11 @@ impl Store {
             )),
             None => Ok(None),
         }
+    }
+
+    fn staged_get(&self, space: NonceSpace, key: &[u8; 24]) -> Option<NonceRecord> {
+        let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.records.get(&(space, *key)).copied()
     }
 
     /// Look a cluster claim up (check step 15 with `nonce_backend = "jetstream_kv"`).
@@ -514,7 +662,16 @@ impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
 /// One write transaction's view of every table. Obtained from [`Store::batch`].
 pub struct Batch<'t> {
     txn: &'t redb::WriteTransaction,
-    nonces: Table<'t, [u8; 24], &'static [u8]>,
+    /// The store's committed stage (read here; updated after the commit).
+    staged: &'t Mutex<Staged>,
+    stage: Lazy<'t, u64, &'static [u8]>,
+    /// Sequence of the next stage row.
+    stage_seq: u64,
+    /// Nonces staged by this transaction.
+    stage_new: Vec<(NonceSpace, [u8; 24], NonceRecord)>,
+    /// Nonces this transaction moved from the stage into their tables.
+    stage_merged: usize,
+    nonces: Lazy<'t, [u8; 24], &'static [u8]>,
     fed_nonces: Lazy<'t, [u8; 24], &'static [u8]>,
     spool: Table<'t, u64, &'static [u8]>,
     audit: Table<'t, u64, &'static [u8]>,
@@ -544,17 +701,54 @@ impl<'t> Batch<'t> {
         space: NonceSpace,
     ) -> Result<&mut Table<'t, [u8; 24], &'static [u8]>, StorageError> {
         match space {
-            NonceSpace::Telemetry => Ok(&mut self.nonces),
+            NonceSpace::Telemetry => self.nonces.open(self.txn),
             NonceSpace::Federation => self.fed_nonces.open(self.txn),
         }
     }
 
-    /// Look a nonce up inside the transaction (the re-check before insert).
+    /// Move every committed stage row into its nonce table and empty the stage.
+    ///
+    /// The staged set is copied out first, so that lookups on the event loop never wait for
+    /// the B-tree inserts (only this thread changes the set, and not before the commit).
+    fn merge_stage(&mut self) -> Result<(), StorageError> {
+        let mut entries: Vec<((NonceSpace, [u8; 24]), NonceRecord)> = {
+            let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            staged.records.iter().map(|(k, v)| (*k, *v)).collect()
+        };
+        // In key order: neighbouring inserts share their leaf.
+        entries.sort_unstable_by_key(|((space, key), _)| (space.index(), *key));
+        let mut buf = std::mem::take(&mut self.buf);
+        for ((space, key), rec) in &entries {
+            records::encode(rec, &mut buf).map_err(|e| corrupt("nonce", e))?;
+            self.nonce_table(*space)?.insert(key, buf.as_slice())?;
+        }
+        self.buf = buf;
+        self.stage.open(self.txn)?.retain(|_, _| false)?;
+        self.stage_merged = entries.len();
+        Ok(())
+    }
+
+    /// Look a nonce up inside the transaction (the re-check before insert): staged by this
+    /// transaction, staged by an earlier commit, or in its table.
     pub fn nonce_get(
         &mut self,
         space: NonceSpace,
         key: &[u8; 24],
     ) -> Result<Option<NonceRecord>, StorageError> {
+        if let Some((_, _, rec)) = self
+            .stage_new
+            .iter()
+            .find(|(s, k, _)| *s == space && k == key)
+        {
+            return Ok(Some(*rec));
+        }
+        let committed = {
+            let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            staged.records.get(&(space, *key)).copied()
+        };
+        if committed.is_some() {
+            return Ok(committed);
+        }
         match self.nonce_table(space)?.get(key)? {
             Some(v) => Ok(Some(
                 records::decode(v.value()).map_err(|e| corrupt("nonce", e))?,
@@ -571,9 +765,12 @@ impl<'t> Batch<'t> {
         rec: &NonceRecord,
     ) -> Result<(), StorageError> {
         let mut buf = std::mem::take(&mut self.buf);
-        records::encode(rec, &mut buf).map_err(|e| corrupt("nonce", e))?;
-        self.nonce_table(space)?.insert(key, buf.as_slice())?;
+        encode_stage_row(space, key, rec, &mut buf);
+        let seq = self.stage_seq;
+        self.stage.open(self.txn)?.insert(seq, buf.as_slice())?;
         self.buf = buf;
+        self.stage_seq += 1;
+        self.stage_new.push((space, *key, *rec));
         Ok(())
     }
 
@@ -610,6 +807,17 @@ impl<'t> Batch<'t> {
         }
         let mut upper = [0u8; 24];
         upper[..8].copy_from_slice(&before_ts.to_be_bytes());
+        // Staged nonces below the cutoff are merged first, so that they expire with the rest.
+        let stale_staged = self.stage_merged == 0 && {
+            let staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+            staged
+                .records
+                .keys()
+                .any(|(s, k)| *s == space && k[..] < upper[..])
+        };
+        if stale_staged {
+            self.merge_stage()?;
+        }
         let mut n = 0u64;
         self.nonce_table(space)?.retain_in(..upper, |_, _| {
             n += 1;
@@ -843,10 +1051,17 @@ impl Reader {
         Ok(out)
     }
 
-    /// Number of nonce records held in `space`.
+    /// Number of nonce records held in `space` (merged and staged).
     pub fn nonce_count(&self, space: NonceSpace) -> Result<u64, StorageError> {
         let table = self.txn.open_table(space.table())?;
-        Ok(table.len()?)
+        let mut n = table.len()?;
+        for row in self.txn.open_table(NONCE_STAGE)?.iter()? {
+            let (_, value) = row?;
+            if decode_stage_row(value.value())?.0 == space {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -59,7 +59,7 @@ pub enum Claim<'a> {
         #[serde(borrow)]
         kv_key: &'a str,
         /// The value this appliance writes under it.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         kv_value: &'a [u8],
         /// The nonce record the acceptance writes.
         record: NonceRecord,
@@ -67,7 +67,7 @@ pub enum Claim<'a> {
         #[serde(borrow)]
         envelope: SpoolItem<'a>,
         /// The details (CJSON) of its `telemetry.accepted` audit entry.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         audit_details: &'a [u8],
     },
     /// An accepted execution graph (`POST /internal/v1/cognitive/execution-graph`, which
@@ -78,7 +78,7 @@ pub enum Claim<'a> {
         #[serde(borrow)]
         kv_key: &'a str,
         /// The value this appliance writes under it.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         kv_value: &'a [u8],
         /// The nonce record the acceptance writes.
         record: NonceRecord,
@@ -90,7 +90,7 @@ pub enum Claim<'a> {
         /// How many graph records of the tenant are kept.
         retention: u64,
         /// The details (CJSON) of its `cognitive.graph.accepted` audit entry.
-        #[serde(borrow)]
+        #[serde(borrow, serialize_with = "bytes")]
         audit_details: &'a [u8],
     },
 }
@@ -153,7 +153,7 @@ pub struct SpoolItem<'a> {
     #[serde(borrow)]
     pub integrity_hash: &'a str,
     /// The message body (the CJSON envelope).
-    #[serde(borrow)]
+    #[serde(borrow, serialize_with = "bytes")]
     pub body: &'a [u8],
 }
 
@@ -290,6 +290,14 @@ impl KillSwitch {
     }
 }
 
+/// A byte string written as one length-prefixed run. serde writes `&[u8]` as a sequence of
+/// single bytes by default; postcard encodes both the same way (varint length, then the raw
+/// bytes), so this changes no stored record, only avoids a call per byte (a spooled envelope
+/// is a few KiB). Reading borrows the bytes either way.
+fn bytes<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(b)
+}
+
 /// Encode a record with postcard.
 pub fn encode<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
     out.clear();
@@ -306,6 +314,42 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Byte strings written as one run encode exactly as serde's default sequence of bytes
+    /// did, so records stored before still read, and records written now read with the
+    /// decoder of before.
+    #[test]
+    fn byte_strings_encode_as_the_sequence_they_replaced() {
+        #[derive(Serialize)]
+        struct AsSequence<'a> {
+            kind: EnvelopeKind,
+            msg_id: &'a str,
+            integrity_hash: &'a str,
+            body: &'a [u8],
+        }
+        let body: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let item = SpoolItem {
+            kind: EnvelopeKind::Ingest,
+            msg_id: "m-1",
+            integrity_hash: "ab",
+            body: &body,
+        };
+        let mut now = Vec::new();
+        encode(&item, &mut now).unwrap();
+        let mut before = Vec::new();
+        encode(
+            &AsSequence {
+                kind: EnvelopeKind::Ingest,
+                msg_id: "m-1",
+                integrity_hash: "ab",
+                body: &body,
+            },
+            &mut before,
+        )
+        .unwrap();
+        assert_eq!(now, before);
+        assert_eq!(decode::<SpoolItem<'_>>(&before).unwrap(), item);
+    }
 
     #[test]
     fn records_round_trip() {

@@ -208,6 +208,151 @@ fn a_database_of_another_format_is_refused() {
 }
 
 #[test]
+fn staged_nonces_are_found_merged_reloaded_and_counted() {
+    let (dir, store) = temp_store();
+    let staged = |space| {
+        let r = store.read().unwrap();
+        let t = r.txn.open_table(NONCE_STAGE).unwrap();
+        let n = t
+            .iter()
+            .unwrap()
+            .filter(|row| {
+                let (_, v) = row.as_ref().unwrap();
+                decode_stage_row(v.value()).unwrap().0 == space
+            })
+            .count();
+        n
+    };
+    let table = |space: NonceSpace| {
+        let r = store.read().unwrap();
+        r.txn.open_table(space.table()).unwrap().len().unwrap()
+    };
+    let a = nonce_key(200, "a");
+    let b = nonce_key(200, "b");
+    store
+        .batch(|bt| {
+            bt.nonce_insert(NonceSpace::Telemetry, &a, &rec(200))?;
+            // Found inside the transaction that staged it.
+            assert_eq!(bt.nonce_get(NonceSpace::Telemetry, &a)?, Some(rec(200)));
+            assert_eq!(bt.nonce_get(NonceSpace::Federation, &a)?, None);
+            bt.nonce_insert(NonceSpace::Federation, &b, &rec(200))
+        })
+        .unwrap();
+    // Staged, not in the tables: one sequential row each.
+    assert_eq!(
+        (staged(NonceSpace::Telemetry), table(NonceSpace::Telemetry)),
+        (1, 0)
+    );
+    assert_eq!(
+        (
+            staged(NonceSpace::Federation),
+            table(NonceSpace::Federation)
+        ),
+        (1, 0)
+    );
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &a).unwrap(),
+        Some(rec(200))
+    );
+    assert_eq!(store.nonce_get(NonceSpace::Federation, &a).unwrap(), None);
+    assert_eq!(
+        store.nonce_get(NonceSpace::Federation, &b).unwrap(),
+        Some(rec(200))
+    );
+    // A later transaction sees the committed stage.
+    store
+        .batch(|bt| {
+            assert_eq!(bt.nonce_get(NonceSpace::Telemetry, &a)?, Some(rec(200)));
+            Ok(())
+        })
+        .unwrap();
+    // A failed transaction stages nothing.
+    let c = nonce_key(201, "c");
+    assert!(store
+        .batch(|bt| {
+            bt.nonce_insert(NonceSpace::Telemetry, &c, &rec(201))?;
+            Err::<(), _>(StorageError::Closed)
+        })
+        .is_err());
+    assert_eq!(store.nonce_get(NonceSpace::Telemetry, &c).unwrap(), None);
+    // The stage survives a reopen and a restart.
+    store.reopen().unwrap();
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &a).unwrap(),
+        Some(rec(200))
+    );
+    drop(store);
+    let store = Store::open(&dir.path().join("state.redb"), 1 << 20).unwrap();
+    assert_eq!(
+        store.nonce_get(NonceSpace::Federation, &b).unwrap(),
+        Some(rec(200))
+    );
+    // Merged: moved into the tables, the stage emptied, still found and counted once.
+    assert_eq!(store.merge_staged_nonces().unwrap(), 2);
+    {
+        let r = store.read().unwrap();
+        assert_eq!(r.txn.open_table(NONCE_STAGE).unwrap().len().unwrap(), 0);
+        assert_eq!(r.txn.open_table(NONCES).unwrap().len().unwrap(), 1);
+        assert_eq!(r.nonce_count(NonceSpace::Telemetry).unwrap(), 1);
+        assert_eq!(r.nonce_count(NonceSpace::Federation).unwrap(), 1);
+    }
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &a).unwrap(),
+        Some(rec(200))
+    );
+    // Staged again after the merge, then expired with the rest.
+    let d = nonce_key(150, "d");
+    store
+        .batch(|bt| bt.nonce_insert(NonceSpace::Telemetry, &d, &rec(150)))
+        .unwrap();
+    assert_eq!(
+        store
+            .read()
+            .unwrap()
+            .nonce_count(NonceSpace::Telemetry)
+            .unwrap(),
+        2
+    );
+    let removed = store
+        .batch(|bt| bt.expire_nonces(NonceSpace::Telemetry, 180))
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(store.nonce_get(NonceSpace::Telemetry, &d).unwrap(), None);
+    assert_eq!(
+        store.nonce_get(NonceSpace::Telemetry, &a).unwrap(),
+        Some(rec(200))
+    );
+}
+
+#[test]
+fn staged_nonces_merge_by_themselves() {
+    let (_d, store) = temp_store();
+    let n = u64::try_from(STAGE_MERGE_ENTRIES).unwrap();
+    store
+        .batch(|bt| {
+            for i in 0..n {
+                bt.nonce_insert(
+                    NonceSpace::Telemetry,
+                    &nonce_key(300, &i.to_string()),
+                    &rec(300),
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The next durable commit finds the stage full and merges it.
+    store.batch(|_| Ok(())).unwrap();
+    let r = store.read().unwrap();
+    assert_eq!(r.txn.open_table(NONCE_STAGE).unwrap().len().unwrap(), 0);
+    assert_eq!(r.txn.open_table(NONCES).unwrap().len().unwrap(), n);
+    drop(r);
+    assert!(store
+        .nonce_get(NonceSpace::Telemetry, &nonce_key(300, "17"))
+        .unwrap()
+        .is_some());
+}
+
+#[test]
 fn reopen_keeps_committed_data() {
     let (_d, store) = temp_store();
     store

@@ -96,7 +96,14 @@ fn steady_load_every_202_is_in_the_stream_exactly_once() {
     let ns = NatsServer::start(&pki, NatsAuth::UserPass);
     let g = gateway_for(&ns, dir, pki.clone(), &[]);
     let load = Load::start(&g, 4, false);
+    // At least 1.5 s and enough acceptances to count, however slow the machine is today.
     std::thread::sleep(Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while g.metric("vvgate_storage_committed_ops_total") < 80
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut sent = load.finish();
     // Dead letters go to the DLQ subject.
     let mut c = g.connect();

@@ -249,12 +249,9 @@ fn reference_verify_us(t: &ProducerTarget, tpl: &Template) -> f64 {
 
 /// This thread's CPU time in seconds.
 pub(super) fn thread_cpu() -> f64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID);
-    ts.map_or(0.0, |t| {
-        #[allow(clippy::cast_precision_loss)]
-        let v = t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9;
-        v
-    })
+    #[allow(clippy::cast_precision_loss)]
+    let v = crate::time::thread_cpu_us() as f64 / 1e6;
+    v
 }
 
 pub(super) fn loadavg() -> String {
