@@ -208,9 +208,10 @@ pub struct Store {
     path: PathBuf,
     cache_bytes: usize,
     db: RwLock<Option<Database>>,
-    /// The audit tree's right edge after the last commit; `None` until loaded (and after a
-    /// failed transaction, so that it is read again from what is on disk).
-    frontier: Mutex<Option<tree::Frontier>>,
+    /// The audit tree's right edge after the last commit (`None` until loaded, and after a
+    /// failed transaction, so that it is read again from what is on disk), and the buffers a
+    /// commit's appends fill.
+    audit: Mutex<audit::AuditCache>,
     /// Write transactions committed since the open; raised after each commit returns.
     generation: AtomicU64,
     /// The read snapshot [`Store::nonce_get`] reuses until the next commit.
@@ -235,7 +236,7 @@ impl Store {
             path: path.to_owned(),
             cache_bytes,
             db: RwLock::new(Some(open_db(path, cache_bytes)?)),
-            frontier: Mutex::new(None),
+            audit: Mutex::default(),
             generation: AtomicU64::new(0),
             snapshot: Mutex::new(None),
         };
@@ -338,8 +339,8 @@ impl Store {
         let db = self.db()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(durability)?;
-        let mut slot = self.frontier.lock().unwrap_or_else(|e| e.into_inner());
-        let (out, frontier) = {
+        let mut slot = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, frontier, pending, pending_lines) = {
             let meta = txn.open_table(META)?;
             let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
@@ -347,7 +348,7 @@ impl Store {
             let tail = txn.open_table(AUDIT_HASHES_TAIL)?;
             let kept = txn.open_table(AUDIT_HASHES_KEPT)?;
             // Taken out of the slot: a failed transaction leaves it empty, to be reloaded.
-            let frontier = match slot.take() {
+            let frontier = match slot.frontier.take() {
                 Some(f) if f.size() == audit_head.index => f,
                 _ => tree::Frontier::load(
                     audit_head.index,
@@ -372,19 +373,20 @@ impl Store {
                 start_head: audit_head,
                 start_stats: spool_stats,
                 frontier,
-                pending: Vec::new(),
-                pending_lines: Vec::new(),
+                pending: std::mem::take(&mut slot.hashes),
+                pending_lines: std::mem::take(&mut slot.lines),
                 buf: Vec::with_capacity(256),
             };
             let out = f(&mut b)?;
             b.flush_meta()?;
             b.flush_hashes()?;
             b.flush_entries()?;
-            (out, b.frontier)
+            (out, b.frontier, b.pending, b.pending_lines)
         };
         txn.commit()?;
         self.generation.fetch_add(1, Ordering::Release);
-        *slot = Some(frontier);
+        slot.frontier = Some(frontier);
+        slot.keep(pending, pending_lines);
         Ok(out)
     }
 
