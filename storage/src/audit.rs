@@ -17,6 +17,33 @@ use crate::{
     AUDIT_HASHES, AUDIT_HASHES_KEPT, AUDIT_HASHES_TAIL, CHECKPOINTS, META, META_AUDIT_RETENTION,
 };
 
+/// What the writer keeps of the audit log between write transactions: the tree's right edge,
+/// and the buffers a commit's appends fill (a group of 256 entries is about 220 KB of lines;
+/// growing a fresh buffer to that size every commit cost more copying than storing it).
+#[derive(Default)]
+pub(crate) struct AuditCache {
+    pub(crate) frontier: Option<Frontier>,
+    pub(crate) lines: Vec<u8>,
+    pub(crate) hashes: Vec<Hash>,
+}
+
+/// Buffers larger than this are not kept (a rare large commit does not pin its memory).
+const KEEP_BYTES: usize = 1 << 20;
+
+impl AuditCache {
+    /// Keep a committed transaction's buffers (flushed, hence empty) for the next one.
+    pub(crate) fn keep(&mut self, mut hashes: Vec<Hash>, mut lines: Vec<u8>) {
+        if lines.capacity() <= KEEP_BYTES {
+            lines.clear();
+            self.lines = lines;
+        }
+        if hashes.capacity() * HASH <= KEEP_BYTES {
+            hashes.clear();
+            self.hashes = hashes;
+        }
+    }
+}
+
 /// Stored hashes per block.
 pub(crate) const BLOCK: u64 = 256;
 const HASH: usize = 32;

@@ -235,9 +235,10 @@ pub struct Store {
     path: PathBuf,
     cache_bytes: usize,
     db: RwLock<Option<Database>>,
-    /// The audit tree's right edge after the last commit; `None` until loaded (and after a
-    /// failed transaction, so that it is read again from what is on disk).
-    frontier: Mutex<Option<tree::Frontier>>,
+    /// The audit tree's right edge after the last commit (`None` until loaded, and after a
+    /// failed transaction, so that it is read again from what is on disk), and the buffers a
+    /// commit's appends fill.
+    audit: Mutex<audit::AuditCache>,
     /// Write transactions committed since the open; raised after each commit returns.
     generation: AtomicU64,
     /// The read snapshot [`Store::nonce_get`] reuses until the next commit.
@@ -312,7 +313,7 @@ impl Store {
             path: path.to_owned(),
             cache_bytes,
             db: RwLock::new(Some(open_db(path, cache_bytes)?)),
-            frontier: Mutex::new(None),
+            audit: Mutex::default(),
             generation: AtomicU64::new(0),
             snapshot: Mutex::new(None),
             staged: Mutex::new(Staged::default()),
@@ -456,8 +457,8 @@ impl Store {
                 staged.next_seq,
             )
         };
-        let mut slot = self.frontier.lock().unwrap_or_else(|e| e.into_inner());
-        let (out, frontier, stage_new, merged) = {
+        let mut slot = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, frontier, pending, pending_lines, stage_new, merged) = {
             let meta = txn.open_table(META)?;
             let audit_head: AuditHead = read_meta(&meta, META_AUDIT_HEAD, "audit head")?;
             let spool_stats = read_meta(&meta, META_SPOOL_STATS, "spool stats")?;
@@ -465,7 +466,7 @@ impl Store {
             let tail = txn.open_table(AUDIT_HASHES_TAIL)?;
             let kept = txn.open_table(AUDIT_HASHES_KEPT)?;
             // Taken out of the slot: a failed transaction leaves it empty, to be reloaded.
-            let frontier = match slot.take() {
+            let frontier = match slot.frontier.take() {
                 Some(f) if f.size() == audit_head.index => f,
                 _ => tree::Frontier::load(
                     audit_head.index,
@@ -495,8 +496,8 @@ impl Store {
                 start_head: audit_head,
                 start_stats: spool_stats,
                 frontier,
-                pending: Vec::new(),
-                pending_lines: Vec::new(),
+                pending: std::mem::take(&mut slot.hashes),
+                pending_lines: std::mem::take(&mut slot.lines),
                 buf: Vec::with_capacity(256),
             };
             if merge {
@@ -506,7 +507,14 @@ impl Store {
             b.flush_meta()?;
             b.flush_hashes()?;
             b.flush_entries()?;
-            (out, b.frontier, b.stage_new, b.stage_merged > 0)
+            (
+                out,
+                b.frontier,
+                b.pending,
+                b.pending_lines,
+                b.stage_new,
+                b.stage_merged > 0,
+            )
         };
         txn.commit()?;
         // The generation first: a lookup that no longer finds a merged nonce in the staged set
@@ -523,7 +531,8 @@ impl Store {
                 staged.next_seq += 1;
             }
         }
-        *slot = Some(frontier);
+        slot.frontier = Some(frontier);
+        slot.keep(pending, pending_lines);
         Ok(out)
     }
 

@@ -15,6 +15,14 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// Write the escaped content of `s` (no quotes).
 pub fn write_escaped(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    // Most strings (ids, hashes, timestamps, names) need no escape: one pass without early
+    // exit, which the compiler vectorises, then one copy.
+    if bytes.iter().fold(true, |ok, &b| {
+        ok & (0x20..0x7F).contains(&b) & (b != b'"') & (b != b'\\')
+    }) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\' {
