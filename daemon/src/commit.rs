@@ -8,10 +8,15 @@
 //! its [`Outcome`].
 //!
 //! Waiting to fill a group is adaptive: when the previous group held more than one decision
-//! (the gateway is busy), the thread lets `group_commit_max_delay_us` pass before taking what
-//! is queued; when it held one, the next lone decision is committed at once. So under
-//! load groups grow and the fixed cost of a commit is shared, and a quiet gateway still answers
-//! after a single fsync.
+//! (the gateway is busy), the thread collects for up to `group_commit_max_delay_us` before
+//! taking what is queued; when it held one, the next lone decision is committed at once. The
+//! window ends early when every producer request being handled has its decision queued
+//! ([`Shared::flush_if_complete`]): then nothing more is on its way, and waiting would only
+//! add latency (at 32 connections the gateway otherwise idles while its clients wait for a
+//! group that waits for them). Under CPU-bound load some request is always between its body
+//! and its decision, so groups fill for the whole window and the fixed cost of a commit is
+//! shared; a quiet gateway still answers after a single fsync. The thread sleeps on a
+//! condition variable, woken once per group, never per decision.
 //!
 //! It is also the only writer of the database: nonce expiry and (later) spool deletion happen
 //! here, between groups.
@@ -225,6 +230,13 @@ pub struct Shared {
     pub healthy: AtomicBool,
     /// Operations queued and not yet taken by the storage thread.
     pub queued: AtomicUsize,
+    /// Producer requests being handled (body read, not answered yet).
+    pub handling: AtomicUsize,
+    /// Every request being handled is queued: the storage thread need not wait out the rest
+    /// of its collection window. Cleared when a group is taken.
+    flush: AtomicBool,
+    flush_lock: Mutex<()>,
+    flush_ready: std::sync::Condvar,
     /// Notified after a commit that added a spool segment (wakes the forwarder).
     pub spooled: event_listener::Event,
     /// Sequence number the next spool segment will get.
@@ -423,12 +435,63 @@ pub enum SubmitError {
     Closed,
 }
 
+impl Shared {
+    /// Tell the storage thread to commit now if nothing else is on its way: every request
+    /// being handled has its decision queued. Under load some request is always between
+    /// its body and its decision, and groups fill for the whole collection window; when the
+    /// gateway waits for its clients instead, the group goes at once.
+    fn flush_if_complete(&self) {
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued == 0 || queued < self.handling.load(Ordering::Acquire) {
+            return;
+        }
+        if !self.flush.swap(true, Ordering::AcqRel) {
+            let _g = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.flush_ready.notify_one();
+        }
+    }
+
+    /// Wait until [`Shared::flush_if_complete`] asks for a commit, at most `limit`.
+    fn wait_for_flush(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut g = self.flush_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.flush.load(Ordering::Acquire) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            g = self
+                .flush_ready
+                .wait_timeout(g, left)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+    }
+}
+
+/// A producer request being handled: counted from its body to its answer (see
+/// [`Shared::flush_if_complete`]).
+pub struct Handling<'a>(&'a Shared);
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::AcqRel);
+        self.0.flush_if_complete();
+    }
+}
+
 impl Committer {
+    /// Count a producer request as being handled until the guard drops.
+    pub fn handling(&self) -> Handling<'_> {
+        self.shared.handling.fetch_add(1, Ordering::AcqRel);
+        Handling(&self.shared)
+    }
+
     /// Queue an op without waiting.
     pub fn submit(&self, op: Op) -> Result<(), SubmitError> {
         match self.tx.try_send(Msg::Op(op)) {
             Ok(()) => {
-                self.shared.queued.fetch_add(1, Ordering::Relaxed);
+                self.shared.queued.fetch_add(1, Ordering::AcqRel);
+                self.shared.flush_if_complete();
                 Ok(())
             }
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
@@ -891,7 +954,7 @@ impl StorageThread {
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if busy && !self.cfg.max_delay.is_zero() {
-                std::thread::sleep(self.cfg.max_delay);
+                self.shared.wait_for_flush(self.cfg.max_delay);
             }
             while group.len() < self.cfg.max_requests {
                 match rx.try_recv() {
@@ -909,7 +972,8 @@ impl StorageThread {
                     Err(_) => break,
                 }
             }
-            self.shared.queued.fetch_sub(group.len(), Ordering::Relaxed);
+            self.shared.flush.store(false, Ordering::Release);
+            self.shared.queued.fetch_sub(group.len(), Ordering::AcqRel);
             busy = group.len() > 1;
             self.commit_group(&mut group, &mut outcomes);
             if !waiting.is_empty() || self.checkpoint_due_in() == Some(Duration::ZERO) {

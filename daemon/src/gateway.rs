@@ -733,6 +733,7 @@ impl Service for Producer {
                 .await;
         }
         let started = std::time::Instant::now();
+        let _handling = gw.committer.handling();
         let r = match path(head, buf) {
             FEDERATION => crate::federation::verify(&self.0, st, conn, head, buf, span, body).await,
             GRAPH => {
