@@ -34,7 +34,7 @@ R=$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 mkdir -p "$WORK" && cd "$WORK"
 rm -rf dev
 # The dev defaults: PKI, keys and configuration as `vvgated --dev` writes them.
-timeout 20 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
+timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
 rm -f dev/vvgate.redb
 P=$PWD/dev/pki
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -53,6 +53,7 @@ run() {
   local name=$1 n=$2
   rm -rf dev/state && mkdir -p dev/state
   valgrind --tool=memcheck --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=99 \
+    --suppressions="$ROOT/scripts/memcheck.supp" \
     --num-callers=30 --log-file="$name.vg" "$R/vvgated" --config dev/memcheck.toml >"$name.out" 2>"$name.log" &
   PID=$!
   for _ in $(seq 1800); do grep -q ready "$name.out" 2>/dev/null && break; sleep 0.1; done
