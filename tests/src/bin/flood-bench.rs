@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vvgate::client::Connection;
 use vvgate_e2e::{floods, request, valid, Gateway, Opts};
 
 /// What the well-behaved producer saw during one window.
@@ -24,16 +25,20 @@ struct Seen {
     statuses: std::collections::BTreeMap<u16, u64>,
 }
 
-/// `conns` keep-alive connections, each sending a freshly signed valid request every
-/// `conns / rate` seconds (on a fixed schedule, so a slow answer does not lower the rate)
-/// until `secs` have passed.
-fn well_behaved(g: &Gateway, rate: f64, conns: usize, secs: f64) -> Seen {
+/// Keep-alive connections `open` (opened before the flood, as a producer's are), each
+/// sending a freshly signed valid request every `open.len() / rate` seconds (on a fixed
+/// schedule, so a slow answer does not lower the rate) until `secs` have passed. A
+/// connection that fails is opened again (counted as an error).
+fn well_behaved(g: &Gateway, open: Vec<Connection>, rate: f64, secs: f64) -> Seen {
+    let conns = open.len();
     let gap = Duration::from_secs_f64(conns as f64 / rate);
     let end = Instant::now() + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..conns)
-        .map(|i| {
+    let handles: Vec<_> = open
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
             let p = g.pki.producer();
-            let mut conn = Some(g.connect());
+            let mut conn = Some(c);
             let (addr, tls) = (g.addr, p.tls.clone());
             std::thread::spawn(move || {
                 let mut seen = Seen {
@@ -57,7 +62,7 @@ fn well_behaved(g: &Gateway, rate: f64, conns: usize, secs: f64) -> Seen {
                     let t0 = Instant::now();
                     let c = match conn.as_mut() {
                         Some(c) => c,
-                        None => match vvgate::client::Connection::connect_tls(
+                        None => match Connection::connect_tls(
                             addr,
                             "localhost",
                             tls.clone(),
@@ -152,10 +157,11 @@ fn flood(name: &str, g: &Gateway, stop: &Arc<AtomicBool>) -> String {
         "slowloris" => floods::slowloris(g.addr, &tls, 300, stop),
         "handshakes" => floods::handshakes(g.addr, &g.pki.path("ca.pem"), 4, stop).0,
         "cap" => {
+            // 40 allowed: the producer's connections and these fill the cap.
             let held = floods::connect_many(g.addr, &tls, 36);
             let (text, _) = floods::past_the_cap(g.addr, 4, stop);
             drop(held);
-            format!("36 held + producer, {text}")
+            format!("36 held besides the producer's, {text}")
         }
         "nofile" => floods::descriptor_rounds(g.addr, 950, stop),
         "bodies" => floods::huge_bodies(g.addr, &tls, 40, stop),
@@ -203,10 +209,11 @@ fn main() {
         }
         let load0 = loadavg();
         let stop = Arc::new(AtomicBool::new(false));
+        let open: Vec<Connection> = (0..conns).map(|_| g.connect()).collect();
         let account = std::thread::scope(|s| {
             let f = s.spawn(|| flood(name, &g, &stop));
             std::thread::sleep(Duration::from_secs(1));
-            let seen = well_behaved(&g, rate, conns, secs);
+            let seen = well_behaved(&g, open, rate, secs);
             stop.store(true, Ordering::Relaxed);
             let account = f.join().expect("flood thread");
             (seen, account)
