@@ -578,5 +578,9 @@ pub fn run(p: Prepared, config_path: &Path) -> Result<(), RunError> {
     // stopped explicitly, after it has committed everything queued before this point.
     committer.close();
     let _ = storage_thread.join();
+    // The gateway state is still referenced from tasks left on the executor (and from the
+    // reactor's wakers), so the database would never be dropped: close it here, or the next
+    // start has to repair the whole file.
+    store.close();
     result
 }

@@ -340,6 +340,19 @@ impl Store {
         self.init()
     }
 
+    /// Close the database file cleanly (at shutdown, after the last commit): redb then marks
+    /// the file as closed, so the next start opens it without a repair pass over the whole
+    /// file. Later operations report [`StorageError::Closed`].
+    pub fn close(&self) {
+        drop(
+            self.snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        drop(self.db.write().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
     fn db(&self) -> Result<DbGuard<'_>, StorageError> {
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {

@@ -19,6 +19,7 @@ use vvgate::devpki::{self, DevCa};
 pub use vvgate;
 
 pub mod cluster;
+pub mod floods;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 

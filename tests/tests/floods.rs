@@ -8,14 +8,15 @@
 // Integration tests live in their own crate, not in a #[cfg(test)] module.
 #![allow(clippy::tests_outside_test_module)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vvgate::client::{client_config_anonymous, Connection};
+use vvgate::client::Connection;
+use vvgate_e2e::floods;
 use vvgate_e2e::*;
 
 /// Generous bound on the well-behaved client's p99 during a flood (the target is 50 ms on
@@ -106,32 +107,9 @@ fn metric(g: &Gateway, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Open TLS connections in parallel (the handshakes dominate).
+/// Open mutual-TLS connections in parallel as the producer.
 fn connect_many(g: &Gateway, n: usize) -> Vec<Connection> {
-    let per = n.div_ceil(4);
-    let handles: Vec<_> = (0..4)
-        .map(|i| {
-            let (addr, tls) = (g.addr, g.pki.producer().tls.clone());
-            let count = per.min(n.saturating_sub(i * per));
-            std::thread::spawn(move || {
-                (0..count)
-                    .map(|_| {
-                        Connection::connect_tls(
-                            addr,
-                            "localhost",
-                            tls.clone(),
-                            Duration::from_secs(60),
-                        )
-                        .expect("idle connection")
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect()
+    floods::connect_many(g.addr, &g.pki.producer().tls, n)
 }
 
 #[test]
@@ -196,42 +174,15 @@ fn handshake_floods_leave_a_producer_served() {
     let g = Gateway::start_with(opts());
     let probe = Probe::start(&g);
     let stop = Arc::new(AtomicBool::new(false));
-    let ca = g.pki.path("ca.pem");
-    let mut floods = Vec::new();
     // Garbage instead of a ClientHello, and full handshakes without a client certificate.
-    for kind in 0..4 {
-        let (addr, stop, ca) = (g.addr, Arc::clone(&stop), ca.clone());
-        floods.push(std::thread::spawn(move || {
-            let anon = client_config_anonymous(&ca).unwrap();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if kind % 2 == 0 {
-                    if let Ok(mut s) = TcpStream::connect(addr) {
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                        let junk = [0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00, 0x00, 0x3c, 0xff];
-                        let _ = s.write_all(&junk);
-                        let _ = s.write_all(&[0xAB; 64]);
-                        let mut b = [0u8; 256];
-                        let _ = s.read(&mut b);
-                    }
-                } else {
-                    let _ = Connection::connect_tls(
-                        addr,
-                        "localhost",
-                        anon.clone(),
-                        Duration::from_secs(5),
-                    )
-                    .and_then(|mut c| c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
-                }
-                n += 1;
-            }
-            n
-        }));
-    }
+    let flood = {
+        let (addr, ca, stop) = (g.addr, g.pki.path("ca.pem"), Arc::clone(&stop));
+        std::thread::spawn(move || floods::handshakes(addr, &ca, 4, &stop))
+    };
     std::thread::sleep(Duration::from_secs(8));
     stop.store(true, Ordering::Relaxed);
-    let attempts: u64 = floods.into_iter().map(|h| h.join().unwrap()).sum();
-    println!("handshake flood: {attempts} refused handshakes in 8 s");
+    let (account, attempts) = flood.join().unwrap();
+    println!("handshake flood in 8 s: {account}");
     assert!(attempts > 50, "the flood did not run");
     probe.finish("TLS handshake flood");
     wait_for(10, "refusals counted", || {

@@ -692,3 +692,33 @@ fn systemd_units_are_hardened() {
         "{err}"
     );
 }
+
+#[test]
+fn sigterm_closes_the_database_cleanly_so_the_next_start_needs_no_repair() {
+    let mut g = Gateway::start_with(Opts::default().with("rate_limit_per_minute = 100000"));
+    let p = g.pki.producer();
+    let mut c = g.connect();
+    for _ in 0..20 {
+        assert_eq!(c.send(&request(&p, &valid())).unwrap().status, 202);
+    }
+    // A producer connection still open, and one with half a request, at SIGTERM.
+    let mut half = g.connect();
+    half.write_raw(b"POST /internal/v1/telemetry HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert_eq!(g.stop(), Some(0));
+    let repairs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&repairs);
+    let db = redb::Database::builder()
+        .set_repair_callback(move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        })
+        .open(g.dir.join("state").join("vvgate.redb"))
+        .expect("the database opens after a clean stop");
+    drop(db);
+    assert_eq!(
+        repairs.load(Ordering::Relaxed),
+        0,
+        "the database was left open at shutdown: redb had to repair it"
+    );
+    drop((c, half));
+}

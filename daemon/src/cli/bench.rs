@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// Warm-up seconds (not measured).
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Pre-signed requests in total (default: 15,000 per second of run).
+    /// Pre-signed requests in total (default: 15,000 per second of run). The run ends early
+    /// once all of them are answered.
     #[arg(long, default_value_t = 0)]
     pub requests: usize,
     /// Extra idle TLS connections held open during the run (RSS with many connections).
@@ -434,7 +435,16 @@ pub fn run(w: &Where, pa: &ProducerArgs, args: &BenchArgs) -> Result<(), CliErro
     let heap0 = heap_totals(ops);
     let acked0 = status(w).and_then(|s| s["forward"]["acked"].as_u64());
     let measured_start = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    // The measured window ends at --duration, or earlier once every connection has sent all
+    // its requests (a fixed count of requests with --requests and a long --duration).
+    let window = Duration::from_secs_f64(args.duration);
+    while measured_start.elapsed() < window && !handles.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(
+            window
+                .saturating_sub(measured_start.elapsed())
+                .min(Duration::from_millis(50)),
+        );
+    }
     stop.store(true, Ordering::Relaxed);
     let measured = measured_start.elapsed().as_secs_f64();
     let cpu1 = pid.and_then(proc_stats);
