@@ -13,6 +13,8 @@
 #        of configurations (variants separated by ';', lines within one by ', ', added to
 #        [telemetry_gateway]): RUNS rounds, one fresh gateway per variant and round,
 #        interleaved (A B A B ...), each followed by its signature and commit counters.
+#        VVGATED: the gateway binary to measure (default: this tree's release build), e.g. an
+#        older build to compare against in the same hour.
 # Each run prints its figures, including the fixed reference of the run (ring's Ed25519
 # verification of the same request on this machine, now) so runs on a noisy, shared machine
 # can be compared by ratio. Not part of CI.
@@ -26,10 +28,11 @@ WORK=${WORK:-$(mktemp -d /tmp/vvgate-bench.XXXXXX)}
 
 cargo build --release --bins --locked --quiet
 R=$PWD/target/release
+GATED=$(readlink -f "${VVGATED:-$R/vvgated}")
 cd "$WORK"
 rm -rf dev
 # Create the dev configuration and PKI, then open it up for load.
-timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
+timeout 5 "$GATED" --dev --dev-dir dev >/dev/null 2>&1 || true
 sed -i 's/^mode = "dev"$/mode = "dev"\nrate_limit_per_minute = 1000000000\nspool_max_events = 100000000\nspool_max_bytes = 68719476736/' dev/vvgate.toml
 rm -f dev/vvgate.redb
 PIDS=()
@@ -62,7 +65,7 @@ EOF2
 fi
 start_gateway() { # [CONFIG]
   rm -f gateway.out
-  taskset -c 1 "$R/vvgated" --config "${1:-dev/vvgate.toml}" >gateway.out 2>gateway.log &
+  taskset -c 1 "$GATED" --config "${1:-dev/vvgate.toml}" >gateway.out 2>gateway.log &
   GW=$!
   PIDS+=($GW)
   for _ in $(seq 50); do grep -q ready gateway.out 2>/dev/null && break; sleep 0.1; done

@@ -247,6 +247,13 @@ pub struct Shared {
     pub nonce_horizon: AtomicU64,
     /// Tree size of the newest signed checkpoint (0: none yet).
     pub checkpoint_size: AtomicU64,
+    /// Audit retention: the last entry exported and anchored off the box, and the last one
+    /// pruned locally (0: none yet).
+    pub audit_exported_through: AtomicU64,
+    pub audit_pruned_through: AtomicU64,
+    /// Audit segments spooled for export, and attempts that failed (retried).
+    pub audit_segments_spooled: AtomicU64,
+    pub audit_segment_failures: AtomicU64,
     pub checkpoints_signed: AtomicU64,
     pub checkpoint_failures: AtomicU64,
     /// When this process last signed a checkpoint (or started), Unix microseconds.
@@ -685,12 +692,21 @@ impl StorageThread {
             .read()
             .and_then(|r| Ok((r.audit_head()?.index, r.audit_retention()?)));
         let Ok((head, ret)) = state else { return };
+        self.shared
+            .audit_exported_through
+            .store(ret.exported_through, Ordering::Relaxed);
+        self.shared
+            .audit_pruned_through
+            .store(ret.pruned_through, Ordering::Relaxed);
         let (first, last) = (ret.exported_through + 1, ret.exported_through + seg);
         if ret.pending.is_some() || head < last {
             return;
         }
         if self.shared.checkpoint_size.load(Ordering::Relaxed) < last {
             if let Err(e) = self.checkpoint() {
+                self.shared
+                    .audit_segment_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "audit segment export waits for a checkpoint");
                 return;
             }
@@ -702,6 +718,9 @@ impl StorageThread {
         {
             Ok(rows) => rows,
             Err(e) => {
+                self.shared
+                    .audit_segment_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "reading the audit segment to export failed");
                 return;
             }
@@ -756,6 +775,7 @@ impl StorageThread {
                 s.spool_bytes.store(spool.bytes, Ordering::Relaxed);
                 s.spool_next_seq.store(spool.next_seq, Ordering::Relaxed);
                 s.spooled.notify(usize::MAX);
+                s.audit_segments_spooled.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     first,
                     last,
@@ -763,7 +783,12 @@ impl StorageThread {
                     "audit segment spooled for export"
                 );
             }
-            Err(e) => tracing::warn!(error = %e, "spooling the audit segment failed; retrying"),
+            Err(e) => {
+                self.shared
+                    .audit_segment_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "spooling the audit segment failed; retrying");
+            }
         }
     }
 

@@ -432,6 +432,26 @@ impl Gateway {
                 s.checkpoint_failures.load(Ordering::Relaxed),
             ),
             (
+                "vvgate_audit_exported_through",
+                "Last audit entry exported and anchored off the box (retention; 0: none yet).",
+                s.audit_exported_through.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_pruned_through",
+                "Last audit entry pruned locally after export (0: none yet).",
+                s.audit_pruned_through.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_segments_spooled_total",
+                "Audit segments spooled for export.",
+                s.audit_segments_spooled.load(Ordering::Relaxed),
+            ),
+            (
+                "vvgate_audit_segment_failures_total",
+                "Audit segment exports that failed and will be retried.",
+                s.audit_segment_failures.load(Ordering::Relaxed),
+            ),
+            (
                 "vvgate_storage_commits_total",
                 "Group commits.",
                 s.commits.load(Ordering::Relaxed),

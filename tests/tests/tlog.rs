@@ -678,6 +678,13 @@ fn exported_segments_are_pruned_locally_and_the_whole_log_still_verifies_off_the
     let exported = ret["exported_through"].as_u64().unwrap();
     assert_eq!(pruned % 64, 0);
     assert!(exported >= pruned + 64, "{ret}");
+    // The metrics follow (refreshed after each group commit).
+    wait_for(10, "retention metrics", || {
+        g.metric("vvgate_audit_pruned_through") >= pruned
+            && g.metric("vvgate_audit_exported_through") >= pruned + 64
+    });
+    assert!(g.metric("vvgate_audit_segments_spooled_total") >= 2);
+    assert_eq!(g.metric("vvgate_audit_segment_failures_total"), 0);
 
     // Locally: the log starts after the pruned entries and still verifies.
     let (code, out, err) = g.vvctl(&["audit", "verify", "--config", &cfg]);
