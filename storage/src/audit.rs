@@ -425,19 +425,21 @@ impl Batch<'_> {
 
     /// Store (or replace, when cosignatures were added) the checkpoint note of `size`.
     pub fn checkpoint_put(&mut self, size: u64, note: &[u8]) -> Result<(), StorageError> {
-        self.checkpoints.insert(size, note)?;
+        self.checkpoints.open(self.txn)?.insert(size, note)?;
         Ok(())
     }
 
     /// The checkpoint note of `size`, if one was signed.
-    pub fn checkpoint_get(&self, size: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.checkpoints.get(size)?.map(|v| v.value().to_vec()))
+    pub fn checkpoint_get(&mut self, size: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        let table = self.checkpoints.open(self.txn)?;
+        Ok(table.get(size)?.map(|v| v.value().to_vec()))
     }
 
     /// The newest checkpoint: (size, note).
-    pub fn checkpoint_latest(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+    pub fn checkpoint_latest(&mut self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         Ok(self
             .checkpoints
+            .open(self.txn)?
             .last()?
             .map(|(k, v)| (k.value(), v.value().to_vec())))
     }
