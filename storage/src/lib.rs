@@ -268,16 +268,17 @@ impl Staged {
 }
 
 /// A stage row: space ‖ key ‖ postcard [`NonceRecord`].
-fn encode_stage_row(space: NonceSpace, key: &[u8; 24], rec: &NonceRecord, out: &mut Vec<u8>) {
+fn encode_stage_row(
+    space: NonceSpace,
+    key: &[u8; 24],
+    rec: &NonceRecord,
+    out: &mut Vec<u8>,
+) -> Result<(), StorageError> {
     out.clear();
     out.push(u8::try_from(space.index()).unwrap_or(u8::MAX));
     out.extend_from_slice(key);
-    let mut tail = std::mem::take(out);
-    // A NonceRecord always encodes (fixed-size fields only).
-    if let Ok(t) = postcard::to_extend(rec, std::mem::take(&mut tail)) {
-        tail = t;
-    }
-    *out = tail;
+    *out = postcard::to_extend(rec, std::mem::take(out)).map_err(|e| corrupt("nonce", e))?;
+    Ok(())
 }
 
 fn decode_stage_row(row: &[u8]) -> Result<(NonceSpace, [u8; 24], NonceRecord), StorageError> {
@@ -787,7 +788,7 @@ impl<'t> Batch<'t> {
         rec: &NonceRecord,
     ) -> Result<(), StorageError> {
         let mut buf = std::mem::take(&mut self.buf);
-        encode_stage_row(space, key, rec, &mut buf);
+        encode_stage_row(space, key, rec, &mut buf)?;
         let seq = self.stage_seq;
         self.stage.open(self.txn)?.insert(seq, buf.as_slice())?;
         self.buf = buf;
