@@ -579,11 +579,31 @@ pub struct NatsServer {
 }
 
 /// A free TCP port on loopback (bound and released).
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999): a port the kernel
+/// handed out for `bind(:0)` could be handed out again, to an outgoing connection or another
+/// test, between this check and the server's own `bind`. Each test process walks the range
+/// from its own offset, so two processes rarely try the same port, and a port is returned
+/// only once per process and only if it can be bound now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(port).expect("port in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000–32767");
 }
 
 impl NatsServer {
