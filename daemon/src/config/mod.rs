@@ -22,6 +22,11 @@ pub use validate::{parse_ed25519_public, parse_pin};
 /// Where the configuration file is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vvgate/vvgate.toml";
 
+/// redb's page cache by default (`storage_cache_bytes`): it holds the B-tree's branch pages
+/// and the leaves new nonces land in; at 16 MiB the cache alone put the gateway with 1,000 open
+/// connections above 64 MiB RSS, with no throughput gained (docs/benchmarks.md).
+pub const DEFAULT_STORAGE_CACHE_BYTES: usize = 8 << 20;
+
 /// One configuration problem: the key (or variable) and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

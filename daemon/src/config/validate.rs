@@ -727,10 +727,7 @@ pub(super) fn validate(
     let storage_cache_bytes = c.usize(
         &k("storage_cache_bytes"),
         g.storage_cache_bytes,
-        // 8 MiB holds the B-tree's branch pages and the leaves new nonces land in; at 16 MiB
-        // the cache alone put the gateway with 1,000 open connections above 64 MiB RSS, with
-        // no throughput gained (docs/benchmarks.md).
-        8 << 20,
+        super::DEFAULT_STORAGE_CACHE_BYTES as i64,
         1 << 20,
         64 << 30,
     );
