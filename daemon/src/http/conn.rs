@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use smol::Timer;
@@ -160,12 +160,62 @@ impl ReadBuf {
     }
 }
 
-/// Read more bytes into `buf` (up to `chunk`), racing `timer`.
+/// The connection's current read deadline, on one reactor timer that is moved only when the
+/// deadline comes earlier than where it is set.
+///
+/// Every request moves the deadline (idle, head, body), nearly always later. Moving the
+/// reactor's timer costs a removal, an insertion into its timer map and a wake-up of the
+/// reactor (an `eventfd` write) each time; instead the timer stays where it is, and when it
+/// fires before the deadline it is set again to the deadline. Under steady keep-alive traffic
+/// that is once per timeout period per connection, not three times per request.
+struct Deadline {
+    timer: Timer,
+    /// Where the timer is set (`None`: nowhere).
+    armed: Option<Instant>,
+    at: Instant,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Self {
+            timer: Timer::never(),
+            armed: None,
+            at: Instant::now(),
+        }
+    }
+
+    /// The deadline is `d` from now.
+    fn set_after(&mut self, d: Duration) {
+        self.at = Instant::now() + d;
+        if self.armed.is_none_or(|a| a > self.at) {
+            self.arm();
+        }
+    }
+
+    fn arm(&mut self) {
+        self.timer.set_at(self.at);
+        self.armed = Some(self.at);
+    }
+
+    /// Ready once the deadline has passed.
+    async fn passed(&mut self) {
+        loop {
+            (&mut self.timer).await;
+            if Instant::now() >= self.at {
+                self.armed = None;
+                return;
+            }
+            self.arm();
+        }
+    }
+}
+
+/// Read more bytes into `buf` (up to `chunk`), racing the deadline.
 async fn read_more<T: AsyncRead + Unpin>(
     io: &mut T,
     buf: &mut ReadBuf,
     chunk: usize,
-    timer: &mut Timer,
+    deadline: &mut Deadline,
 ) -> Result<usize, ReadErr> {
     let r = futures_lite::future::or(
         async {
@@ -175,7 +225,7 @@ async fn read_more<T: AsyncRead + Unpin>(
             }
         },
         async {
-            (&mut *timer).await;
+            deadline.passed().await;
             Err(ReadErr::Timeout)
         },
     )
@@ -206,7 +256,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = ReadBuf::new();
     let mut body: Vec<u8> = Vec::with_capacity(256);
     let mut out: Vec<u8> = Vec::with_capacity(512);
-    let mut timer = Timer::never();
+    let mut deadline = Deadline::new();
     let chunk = 16 * 1024;
     // Answer a framing failure (audited by the service) and close.
     macro_rules! fail {
@@ -224,7 +274,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
         }
         // Wait for the next request, or for the gateway to start closing.
         if buf.is_empty() {
-            timer.set_after(limits.idle_timeout);
+            deadline.set_after(limits.idle_timeout);
             // The event also fires for changes that concern other connections (a reload that
             // revoked one certificate): then this one goes on waiting.
             let got = loop {
@@ -236,7 +286,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
                 let r = futures_lite::future::or(
                     async {
                         Some(
-                            read_more(&mut io, &mut buf, chunk, &mut timer)
+                            read_more(&mut io, &mut buf, chunk, &mut deadline)
                                 .await
                                 .is_ok(),
                         )
@@ -256,7 +306,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         // The head, within its deadline and size.
-        timer.set_after(limits.header_read_timeout);
+        deadline.set_after(limits.header_read_timeout);
         let mut scanned = 0;
         let head_end = loop {
             if let Some(end) = find_head_end(buf.filled(), scanned) {
@@ -269,7 +319,7 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             let room = (limits.max_header_bytes + 4)
                 .saturating_sub(buf.len())
                 .clamp(1, chunk);
-            match read_more(&mut io, &mut buf, room, &mut timer).await {
+            match read_more(&mut io, &mut buf, room, &mut deadline).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) if has_request_line(buf.filled()) => {
                     break 'requests fail!(FramingError::Timeout);
@@ -301,10 +351,10 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             let skip = body_len == 0
                 || (!resp.close && !head.expect_continue && body_len <= limits.max_body_bytes);
             if skip && body_len > 0 {
-                timer.set_after(limits.body_read_timeout);
+                deadline.set_after(limits.body_read_timeout);
                 while buf.len() < head_end + body_len {
                     let want = (head_end + body_len - buf.len()).min(chunk);
-                    if read_more(&mut io, &mut buf, want, &mut timer)
+                    if read_more(&mut io, &mut buf, want, &mut deadline)
                         .await
                         .is_err()
                     {
@@ -332,10 +382,10 @@ pub async fn serve<S: Service, T: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
         let total = head_end + body_len;
-        timer.set_after(limits.body_read_timeout);
+        deadline.set_after(limits.body_read_timeout);
         while buf.len() < total {
             let want = (total - buf.len()).min(256 * 1024);
-            match read_more(&mut io, &mut buf, want, &mut timer).await {
+            match read_more(&mut io, &mut buf, want, &mut deadline).await {
                 Ok(_) => {}
                 Err(ReadErr::Timeout) => {
                     break 'requests fail!(FramingError::Timeout);
