@@ -168,7 +168,7 @@ impl ReadBuf {
 /// reactor (an `eventfd` write) each time; instead the timer stays where it is, and when it
 /// fires before the deadline it is set again to the deadline. Under steady keep-alive traffic
 /// that is once per timeout period per connection, not three times per request.
-struct Deadline {
+pub(super) struct Deadline {
     timer: Timer,
     /// Where the timer is set (`None`: nowhere).
     armed: Option<Instant>,
@@ -176,7 +176,7 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             timer: Timer::never(),
             armed: None,
@@ -185,7 +185,7 @@ impl Deadline {
     }
 
     /// The deadline is `d` from now.
-    fn set_after(&mut self, d: Duration) {
+    pub(super) fn set_after(&mut self, d: Duration) {
         self.at = Instant::now() + d;
         if self.armed.is_none_or(|a| a > self.at) {
             self.arm();
@@ -198,7 +198,7 @@ impl Deadline {
     }
 
     /// Ready once the deadline has passed.
-    async fn passed(&mut self) {
+    pub(super) async fn passed(&mut self) {
         loop {
             (&mut self.timer).await;
             if Instant::now() >= self.at {

@@ -141,3 +141,38 @@ fn response_serialisation() {
 Retry-After: 7\r\nConnection: close\r\n\r\n{\"detail\":\"Operator burst anomaly detected\"}"
     );
 }
+
+/// The connection deadline never passes early, whether it moved later (the timer then fires
+/// first at its old place and is set again) or earlier (the timer is moved).
+#[test]
+fn the_connection_deadline_follows_its_last_setting() {
+    use std::time::{Duration, Instant};
+    smol::block_on(async {
+        let mut d = conn::Deadline::new();
+        let start = Instant::now();
+        d.set_after(Duration::from_millis(30));
+        d.set_after(Duration::from_millis(150));
+        d.passed().await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(150),
+            "passed early"
+        );
+
+        let start = Instant::now();
+        d.set_after(Duration::from_secs(30));
+        d.set_after(Duration::from_millis(40));
+        d.passed().await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(40), "passed early");
+        assert!(
+            took < Duration::from_secs(20),
+            "the earlier deadline was not kept"
+        );
+
+        // Set again after passing.
+        let start = Instant::now();
+        d.set_after(Duration::from_millis(20));
+        d.passed().await;
+        assert!(start.elapsed() >= Duration::from_millis(20), "passed early");
+    });
+}
