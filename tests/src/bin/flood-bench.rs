@@ -331,27 +331,23 @@ mod cleanup {
     use std::sync::Mutex;
     use std::time::{Duration, Instant};
 
-    use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+    use nix::sys::signal::{kill, Signal};
     use nix::sys::wait::{waitpid, WaitPidFlag};
     use nix::unistd::Pid;
 
     static CURRENT: Mutex<Option<(u32, PathBuf)>> = Mutex::new(None);
 
-    /// Install the panic hook and the signal thread. Call first, before any other thread
-    /// starts, so that every thread inherits the blocked signals (children get a clean mask
-    /// from `std::process::Command`).
+    /// Install the panic hook and the signal thread. The signal handlers only wake that
+    /// thread (no signal mask is changed, so the gateway, started later, inherits none).
     pub(crate) fn install() {
-        let signals = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
-        let mut set = SigSet::empty();
-        for s in signals {
-            set.add(s);
-        }
-        if nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_ok() {
+        use async_signal::{Signal, Signals};
+        use smol::stream::StreamExt;
+        if let Ok(mut signals) = Signals::new([Signal::Int, Signal::Term, Signal::Hup]) {
             std::thread::spawn(move || {
-                if let Ok(sig) = set.wait() {
-                    eprintln!("flood-bench: {sig}, stopping the gateway");
+                if let Some(Ok(sig)) = smol::block_on(signals.next()) {
+                    eprintln!("flood-bench: {sig:?}, stopping the gateway");
                     run();
-                    // The shell's convention for a death by signal; the signal stays blocked.
+                    // The shell's convention for a death by signal.
                     #[allow(clippy::exit)]
                     std::process::exit(128 + sig as i32);
                 }
