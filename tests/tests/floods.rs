@@ -489,3 +489,37 @@ fn an_established_producer_is_served_while_new_connections_are_refused_for_rate(
     assert!(accepted <= 3 + 2 * 30, "{accepted} accepted");
     probe.finish("a flood of new connections over the rate");
 }
+
+#[test]
+fn a_zero_negative_or_absurd_new_connection_rate_stops_the_start_naming_the_key() {
+    let dir = temp_dir("connrate-config");
+    let pki = Pki::new(&dir.join("pki"));
+    for (lines, env, named) in [
+        (
+            "max_new_connections_per_second = 0",
+            None,
+            "telemetry_gateway.max_new_connections_per_second: must be between 1 and 1000000 (got 0)",
+        ),
+        (
+            "new_connection_burst = -3",
+            None,
+            "telemetry_gateway.new_connection_burst: must be between 1 and 1000000 (got -3)",
+        ),
+        (
+            "",
+            Some(("VV_TG_MAX_NEW_CONNECTIONS_PER_SECOND", "5000000")),
+            "telemetry_gateway.max_new_connections_per_second: must be between 1 and 1000000 (got 5000000)",
+        ),
+    ] {
+        let config = dir.join("vvgate.toml");
+        std::fs::write(&config, config_text(&dir, &pki, &Opts::default().with(lines))).unwrap();
+        let env: Vec<(String, String)> = env
+            .map(|(k, v)| vec![(k.to_owned(), v.to_owned())])
+            .unwrap_or_default();
+        let path = config.display().to_string();
+        let (code, err) = vvgated_exit_env(&["--config", &path], &env, 30);
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
