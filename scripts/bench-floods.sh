@@ -9,8 +9,15 @@
 # latency, the load average before and after, and what the flood did. The target is p99
 # under 50 ms; this prints, it does not judge (the machine is shared).
 #
+# Also per flood, from the gateway over the measured window: connections that went on to a TLS
+# handshake per second, connections closed before TLS per second (of which over
+# `max_new_connections_per_second`), and the gateway's CPU use.
+#
 # usage: scripts/bench-floods.sh [SECONDS_PER_FLOOD (12)] [RATE (200)] [CONNECTIONS (4)] [FLOOD...]
 # env:   PROFILE [bench-fast]  GATEWAY_CPU: pin vvgated to this CPU (taskset), e.g. 1
+#        VVGATED_BIN: measure this vvgated instead of the one built here (A/B runs)
+#        VVGATE_BENCH_GATEWAY_TOML: extra `[telemetry_gateway]` lines, `;`-separated, e.g.
+#          "max_new_connections_per_second = 200;new_connection_burst = 200"
 # Not part of CI (about 2 minutes). Needs prlimit (util-linux).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +25,12 @@ PROFILE=${PROFILE:-bench-fast}
 cargo build --profile "$PROFILE" -p vvgate --bins --locked --quiet
 cargo build --profile "$PROFILE" -p vvgate-e2e --bin flood-bench --locked --quiet
 R=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
-export VVGATED_BIN=$R/vvgated VVCTL_BIN=$R/vvctl
+export VVGATED_BIN=${VVGATED_BIN:-$R/vvgated} VVCTL_BIN=$R/vvctl
 if [ -n "${GATEWAY_CPU:-}" ]; then
   # exec keeps the PID, so the harness still signals and inspects vvgated itself.
   WRAP=$(mktemp /tmp/vvgated-pinned.XXXXXX)
-  printf '#!/bin/sh\nexec taskset -c %s %s "$@"\n' "$GATEWAY_CPU" "$R/vvgated" >"$WRAP"
+  trap 'rm -f "$WRAP"' EXIT
+  printf '#!/bin/sh\nexec taskset -c %s %s "$@"\n' "$GATEWAY_CPU" "$VVGATED_BIN" >"$WRAP"
   chmod +x "$WRAP"
   export VVGATED_BIN=$WRAP
 fi

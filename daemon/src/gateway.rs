@@ -16,6 +16,7 @@ use smol::net::{TcpListener, TcpStream};
 use smol::{LocalExecutor, Timer};
 use vvgate_storage::{NonceRecord, Route, Store};
 
+use crate::admission::{Admission, Refused};
 use crate::audit::{write_details, Detail, ACTOR_GATEWAY, ACTOR_SYSTEM};
 use crate::commit::{self, Action, AuditItem, Committer, Op, Outcome, SubmitError};
 use crate::config::Config;
@@ -71,6 +72,8 @@ pub struct Gateway {
     /// Spool bytes and entries promised to requests whose commit is pending.
     pending_spool: Cell<(u64, u64)>,
     pub connections: Cell<usize>,
+    /// Whether a new producer connection may be served (connection limit and rate).
+    admission: RefCell<Admission>,
     next_conn_id: Cell<u64>,
     pub draining: Cell<bool>,
     /// The kill switch: every producer request is refused (403) and no handshake is accepted.
@@ -126,6 +129,7 @@ impl Gateway {
             rng: RefCell::new(Random::new()),
             pending_spool: Cell::new((0, 0)),
             connections: Cell::new(0),
+            admission: RefCell::default(),
             next_conn_id: Cell::new(1),
             draining: Cell::new(false),
             killed: Cell::new(false),
@@ -587,6 +591,21 @@ impl Gateway {
         }
     }
 
+    /// A new connection closed before TLS work: counted, audited with the handshake refusals
+    /// (coalesced per second), and logged at most once a minute per reason.
+    fn connection_refused(&self, now: std::time::Instant, why: Refused) {
+        self.metrics.connection_refused(why);
+        self.tls_rejected(why.reason());
+        if let Some(n) = self.admission.borrow_mut().log_due(now, why) {
+            tracing::warn!(
+                reason = why.reason(),
+                refused = n,
+                "new producer connections closed before TLS: {} reached ({n} since the last such line; at most one a minute)",
+                why.key()
+            );
+        }
+    }
+
     /// Write pending `tls.rejected` entries (fire-and-forget).
     fn flush_tls_rejects(&self) {
         let pending = std::mem::take(&mut *self.tls_rejects.borrow_mut());
@@ -871,8 +890,9 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Accept producer connections: refuse past `max_connections` before any TLS work, then
-/// handshake within the header deadline and serve.
+/// Accept producer connections: refuse past `max_connections` or over
+/// `max_new_connections_per_second` before any TLS work ([`crate::admission`]), then handshake
+/// within the header deadline and serve.
 pub async fn accept_producers(
     gw: Rc<Gateway>,
     ex: Rc<LocalExecutor<'static>>,
@@ -897,12 +917,17 @@ pub async fn accept_producers(
             drop(tcp);
             continue;
         };
-        if gw.connections.get() >= gw.cfg().limits.max_connections {
-            gw.metrics
-                .connections_refused
-                .set(gw.metrics.connections_refused.get() + 1);
-            gw.tls_rejected("connection_limit");
+        let now = std::time::Instant::now();
+        let admitted = gw
+            .admission
+            .borrow_mut()
+            .check(now, gw.connections.get(), &gw.cfg().limits);
+        if let Err(why) = admitted {
+            gw.connection_refused(now, why);
             drop(tcp);
+            // A flood keeps `accept` ready: let the established connections run between two
+            // refusals instead of refusing the whole backlog first.
+            futures_lite::future::yield_now().await;
             continue;
         }
         gw.connections.set(gw.connections.get() + 1);

@@ -11,6 +11,7 @@ compile_error!(
     "the `fuzzing` feature accepts forged signatures: it builds only with debug assertions"
 );
 
+pub mod admission;
 pub mod audit;
 pub mod cli;
 pub mod client;

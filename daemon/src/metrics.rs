@@ -4,6 +4,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use crate::admission::Refused;
+
 #[derive(Default)]
 pub struct Metrics {
     /// (status, reason) → answered requests.
@@ -11,7 +13,8 @@ pub struct Metrics {
     /// Refused handshakes by reason.
     tls_rejected: RefCell<BTreeMap<&'static str, u64>>,
     pub connections_accepted: Cell<u64>,
-    pub connections_refused: Cell<u64>,
+    /// Producer connections closed before TLS, by [`Refused::index`].
+    connections_refused: [Cell<u64>; Refused::ALL.len()],
     pub reloads: Cell<u64>,
     pub reloads_rejected: Cell<u64>,
     /// Handling time of producer requests with a body (read → answer ready, the group commit
@@ -46,6 +49,12 @@ impl Metrics {
         }
         self.latency_sum_us
             .set(self.latency_sum_us.get().saturating_add(us));
+    }
+
+    pub fn connection_refused(&self, why: Refused) {
+        if let Some(n) = self.connections_refused.get(why.index()) {
+            n.set(n.get() + 1);
+        }
     }
 
     pub fn tls_rejected(&self, reason: &'static str) {
@@ -115,16 +124,24 @@ impl Metrics {
                 "vvgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
             );
         }
+        s.push_str("# HELP vvgate_connections_refused_total Producer connections closed before TLS, by reason (connection_limit: max_connections open; connection_rate: over max_new_connections_per_second).\n");
+        s.push_str("# TYPE vvgate_connections_refused_total counter\n");
+        for why in Refused::ALL {
+            let n = self
+                .connections_refused
+                .get(why.index())
+                .map_or(0, Cell::get);
+            let _ = writeln!(
+                s,
+                "vvgate_connections_refused_total{{reason=\"{}\"}} {n}",
+                why.reason()
+            );
+        }
         for (name, help, value) in [
             (
                 "vvgate_connections_accepted_total",
                 "Producer connections accepted.",
                 self.connections_accepted.get(),
-            ),
-            (
-                "vvgate_connections_refused_total",
-                "Producer connections refused before TLS (connection limit, draining).",
-                self.connections_refused.get(),
             ),
             (
                 "vvgate_config_reloads_total",

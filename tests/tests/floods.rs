@@ -215,7 +215,10 @@ fn connections_past_the_cap_are_refused_before_tls_while_a_producer_is_served() 
     }
     assert_eq!(answered, 0, "a connection past the cap got TLS bytes back");
     wait_for(5, "refusals counted", || {
-        metric(&g, "vvgate_connections_refused_total") >= 300
+        metric(
+            &g,
+            "vvgate_connections_refused_total{reason=\"connection_limit\"}",
+        ) >= 300
     });
     // No handshake was attempted for them: the handshake failure counters did not move.
     let hs_after = g.ops_get("/metrics").body_text();
@@ -320,4 +323,204 @@ fn huge_bodies_announced_and_trickled_are_refused_with_bounded_memory() {
         "RSS grew from {rss0} to {rss1} KiB"
     );
     probe.finish("10 MB bodies announced and 1 MB bodies trickled");
+}
+
+/// Whether the gateway closed a raw connection without a byte (`Some(true)`), still holds it
+/// open (`Some(false)`), or sent bytes back (`None`: it started TLS).
+fn closed_silently(s: &mut TcpStream) -> Option<bool> {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => Some(true),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(false),
+        // A reset is a close without a TLS byte too.
+        Err(_) => Some(true),
+    }
+}
+
+/// A raw connection sending the start of a ClientHello record (a served one waits for the
+/// rest of it, a refused one is closed at once).
+fn half_hello(g: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(g.addr).unwrap();
+    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00]);
+    s
+}
+
+fn refused(g: &Gateway, reason: &str) -> u64 {
+    metric(
+        g,
+        &format!("vvgate_connections_refused_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[test]
+fn new_connections_over_the_rate_are_refused_before_tls_until_the_bucket_refills() {
+    // 2 a second (one token every 500 ms), 20 at once.
+    let g = Gateway::start_with(
+        opts()
+            .with("max_new_connections_per_second = 2")
+            .with("new_connection_burst = 20"),
+    );
+    // The established producer connection takes one token.
+    let probe = Probe::start(&g);
+    let started = Instant::now();
+    let mut raw: Vec<TcpStream> = (0..60).map(|_| half_hello(&g)).collect();
+    wait_for(20, "the gateway to see all 61 connections", || {
+        metric(&g, "vvgate_connections_accepted_total") + refused(&g, "connection_rate") >= 61
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut closed, mut open) = (0u64, 0u64);
+    for s in &mut raw {
+        match closed_silently(s) {
+            Some(true) => closed += 1,
+            Some(false) => open += 1,
+            None => panic!("a raw connection got TLS bytes back"),
+        }
+    }
+    println!("60 raw connections in {elapsed:.2} s: {open} served, {closed} closed before TLS");
+    // The bucket held 19 or 20 tokens and refilled 2 a second meanwhile.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // small, >= 0
+    let most = 20 + (2.0 * elapsed).ceil() as u64;
+    assert!((19..=most).contains(&open), "{open} served");
+    assert_eq!(closed + open, 60);
+    assert_eq!(refused(&g, "connection_rate"), closed);
+    assert_eq!(refused(&g, "connection_limit"), 0);
+    assert_eq!(
+        metric(
+            &g,
+            "vvgate_tls_handshake_failures_total{reason=\"connection_rate\"}"
+        ),
+        closed
+    );
+    drop(raw);
+
+    // Empty the bucket again (25 > the burst), then a real TLS client: its handshake fails.
+    let drain: Vec<TcpStream> = (0..25).map(|_| half_hello(&g)).collect();
+    let tls = Connection::connect_tls(
+        g.addr,
+        "localhost",
+        g.pki.producer().tls.clone(),
+        Duration::from_secs(5),
+    )
+    .and_then(|mut c| c.send(&request(&g.pki.producer(), &valid())));
+    assert!(tls.is_err(), "a TLS client was served over the rate");
+    drop(drain);
+
+    // A second later the bucket has refilled by two: a new connection is served again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let r = g
+        .connect()
+        .send(&request(&g.pki.producer(), &valid()))
+        .unwrap();
+    assert_eq!(r.status, 202);
+
+    // Audited coalesced (one `tls.rejected` per second at most, with the count), and one log
+    // line, not one per refused connection.
+    let total = refused(&g, "connection_rate");
+    let entries = || -> Vec<u64> {
+        g.audit()
+            .into_iter()
+            .filter(|e| {
+                e["event_type"] == "tls.rejected" && e["details"]["sub_reason"] == "connection_rate"
+            })
+            .map(|e| e["details"]["count"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    wait_for(10, "refusals audited", || {
+        entries().iter().sum::<u64>() == total
+    });
+    let e = entries();
+    assert!(
+        e.len() < 10 && (e.len() as u64) < total,
+        "{} audit entries for {total} refusals",
+        e.len()
+    );
+    let lines = g
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("max_new_connections_per_second reached"))
+        .count();
+    assert_eq!(lines, 1, "{}", g.log_text());
+    probe.finish("new connections over the rate");
+}
+
+#[test]
+fn an_established_producer_is_served_while_new_connections_are_refused_for_rate() {
+    let g = Gateway::start_with(
+        opts()
+            .with("max_new_connections_per_second = 2")
+            .with("new_connection_burst = 2"),
+    );
+    let probe = Probe::start(&g);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (addr, stop) = (g.addr, Arc::clone(&stop));
+        // Two threads are enough to keep the bucket empty (thousands a second).
+        std::thread::spawn(move || floods::past_the_cap(addr, 2, &stop))
+    };
+    wait_for(20, "refusals for rate", || {
+        refused(&g, "connection_rate") > 200
+    });
+    // The ops listener and the control socket are not rate limited.
+    for _ in 0..20 {
+        assert_eq!(g.ops_get("/healthz").status, 200);
+        let status: serde_json::Value =
+            serde_json::from_str(&g.control("{\"cmd\":\"status\"}")[0]).unwrap();
+        assert!(status["connections"].as_u64().is_some(), "{status}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let (account, answered) = flood.join().unwrap();
+    println!("rate flood: {account}");
+    let (refused_n, accepted) = (
+        refused(&g, "connection_rate"),
+        metric(&g, "vvgate_connections_accepted_total"),
+    );
+    println!("{refused_n} refused for rate, {accepted} accepted");
+    assert!(refused_n > 200);
+    // Only the flood's connections that were served got TLS bytes (an alert for the broken
+    // ClientHello): the refused ones got none.
+    assert!(
+        answered < accepted,
+        "{answered} answered, {accepted} accepted"
+    );
+    // The probe's connection, the burst of 2 and 2 a second over the flood at most.
+    assert!(accepted <= 3 + 2 * 30, "{accepted} accepted");
+    probe.finish("a flood of new connections over the rate");
+}
+
+#[test]
+fn a_zero_negative_or_absurd_new_connection_rate_stops_the_start_naming_the_key() {
+    let dir = temp_dir("connrate-config");
+    let pki = Pki::new(&dir.join("pki"));
+    for (lines, env, named) in [
+        (
+            "max_new_connections_per_second = 0",
+            None,
+            "telemetry_gateway.max_new_connections_per_second: must be between 1 and 1000000 (got 0)",
+        ),
+        (
+            "new_connection_burst = -3",
+            None,
+            "telemetry_gateway.new_connection_burst: must be between 1 and 1000000 (got -3)",
+        ),
+        (
+            "",
+            Some(("VV_TG_MAX_NEW_CONNECTIONS_PER_SECOND", "5000000")),
+            "telemetry_gateway.max_new_connections_per_second: must be between 1 and 1000000 (got 5000000)",
+        ),
+    ] {
+        let config = dir.join("vvgate.toml");
+        std::fs::write(&config, config_text(&dir, &pki, &Opts::default().with(lines))).unwrap();
+        let env: Vec<(String, String)> = env
+            .map(|(k, v)| vec![(k.to_owned(), v.to_owned())])
+            .unwrap_or_default();
+        let path = config.display().to_string();
+        let (code, err) = vvgated_exit_env(&["--config", &path], &env, 30);
+        assert_eq!(code, 78, "{err}");
+        assert!(err.contains(named), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -274,7 +274,14 @@ fn connections_past_the_cap_are_refused_before_tls() {
         .unwrap_or(false)
     });
     let m = g.ops_get("/metrics").body_text();
-    assert!(m.contains("vvgate_connections_refused_total 1"), "{m}");
+    assert!(
+        m.contains("vvgate_connections_refused_total{reason=\"connection_limit\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vvgate_connections_refused_total{reason=\"connection_rate\"} 0\n"),
+        "{m}"
+    );
 }
 
 #[test]

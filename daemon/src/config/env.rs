@@ -51,6 +51,8 @@ pub(crate) const GATEWAY_KEYS: &[(&str, Kind)] = &[
     ("max_body_bytes", Kind::Int),
     ("max_header_bytes", Kind::Int),
     ("max_connections", Kind::Int),
+    ("max_new_connections_per_second", Kind::Int),
+    ("new_connection_burst", Kind::Int),
     ("max_in_flight", Kind::Int),
     ("header_read_timeout_seconds", Kind::Int),
     ("body_read_timeout_seconds", Kind::Int),

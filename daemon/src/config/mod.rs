@@ -192,6 +192,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// New producer connections admitted per second on average (token bucket refill).
+    pub max_new_connections_per_second: u64,
+    /// New producer connections admitted at once after a quiet spell (token bucket size).
+    pub new_connection_burst: u64,
     pub max_in_flight: usize,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,

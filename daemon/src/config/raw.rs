@@ -73,6 +73,8 @@ pub(crate) struct RawGateway {
     pub(crate) max_body_bytes: Option<i64>,
     pub(crate) max_header_bytes: Option<i64>,
     pub(crate) max_connections: Option<i64>,
+    pub(crate) max_new_connections_per_second: Option<i64>,
+    pub(crate) new_connection_burst: Option<i64>,
     pub(crate) max_in_flight: Option<i64>,
     pub(crate) header_read_timeout_seconds: Option<i64>,
     pub(crate) body_read_timeout_seconds: Option<i64>,

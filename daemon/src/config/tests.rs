@@ -62,6 +62,8 @@ fn minimal_config_gets_the_contract_defaults() {
     assert_eq!(c.limits.max_body_bytes, 1_048_576);
     assert_eq!(c.limits.max_header_bytes, 16_384);
     assert_eq!(c.limits.max_connections, 4096);
+    assert_eq!(c.limits.max_new_connections_per_second, 1000);
+    assert_eq!(c.limits.new_connection_burst, 1000);
     assert_eq!(c.allowed_schema_versions, vec!["1.0".to_owned()]);
     assert_eq!(c.group_commit_max_requests, 256);
     assert_eq!(c.audit.seal_every, 50);
@@ -549,4 +551,78 @@ fn nats_url_is_one_node_or_a_list_and_every_entry_is_checked() {
     );
     let p = problems(parse_env(&nats("\"nats://q1:4222\""), &[]));
     assert!(has(&p, "telemetry_gateway.nats_url", "always TLS"), "{p:?}");
+}
+
+#[test]
+fn new_connection_rate_and_burst_are_bounded_and_named() {
+    let with =
+        |lines: &str| minimal().replace("mode = \"dev\"", &format!("mode = \"dev\"\n{lines}"));
+    // The burst defaults to the rate.
+    let c = parse_env(&with("max_new_connections_per_second = 20"), &[]).unwrap();
+    assert_eq!(c.limits.max_new_connections_per_second, 20);
+    assert_eq!(c.limits.new_connection_burst, 20);
+    let c = parse_env(
+        &with("max_new_connections_per_second = 20\nnew_connection_burst = 5"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.limits.new_connection_burst, 5);
+    for (rate, burst, key, fragment) in [
+        ("0", "1", "max_new_connections_per_second", "(got 0)"),
+        ("-5", "1", "max_new_connections_per_second", "(got -5)"),
+        (
+            "1000001",
+            "1",
+            "max_new_connections_per_second",
+            "(got 1000001)",
+        ),
+        ("10", "0", "new_connection_burst", "(got 0)"),
+        ("10", "-1", "new_connection_burst", "(got -1)"),
+        (
+            "10",
+            "99999999999",
+            "new_connection_burst",
+            "(got 99999999999)",
+        ),
+    ] {
+        let p = problems(parse_env(
+            &with(&format!(
+                "max_new_connections_per_second = {rate}\nnew_connection_burst = {burst}"
+            )),
+            &[],
+        ));
+        let key = format!("telemetry_gateway.{key}");
+        assert!(has(&p, &key, "must be between 1 and 1000000"), "{p:?}");
+        assert!(has(&p, &key, fragment), "{p:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+    // A fraction is a type error naming the key.
+    let e = parse_env(&with("max_new_connections_per_second = 2.5"), &[]).unwrap_err();
+    assert!(
+        e.to_string().contains("max_new_connections_per_second"),
+        "{e}"
+    );
+    // The environment overrides, named by variable and key.
+    let c = parse_env(
+        &minimal(),
+        &[
+            ("VV_TG_MAX_NEW_CONNECTIONS_PER_SECOND", "300"),
+            ("VV_TG_NEW_CONNECTION_BURST", "600"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.limits.max_new_connections_per_second, 300);
+    assert_eq!(c.limits.new_connection_burst, 600);
+    let p = problems(parse_env(
+        &minimal(),
+        &[("VV_TG_MAX_NEW_CONNECTIONS_PER_SECOND", "0")],
+    ));
+    assert!(
+        has(
+            &p,
+            "telemetry_gateway.max_new_connections_per_second",
+            "(got 0)"
+        ),
+        "{p:?}"
+    );
 }

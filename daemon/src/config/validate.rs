@@ -12,6 +12,9 @@ use vvgate_hsm::KeyRef;
 use super::raw::{PinSpec, RawConfig};
 use super::*;
 
+/// Default of `max_new_connections_per_second` (and of `new_connection_burst`).
+const DEFAULT_NEW_CONNECTIONS_PER_SECOND: i64 = 1000;
+
 /// Collects problems while reading values; every getter returns a usable default on error so
 /// that validation goes on and reports everything at once.
 struct Checker<'b> {
@@ -636,6 +639,15 @@ pub(super) fn validate(
         }
     }
 
+    // The default admits a fleet reconnecting after a restart within a few seconds while the
+    // handshakes it admits take at most about half of the event loop's core (docs/config.md).
+    let new_connections_per_second = c.int(
+        &k("max_new_connections_per_second"),
+        g.max_new_connections_per_second,
+        DEFAULT_NEW_CONNECTIONS_PER_SECOND,
+        1,
+        1_000_000,
+    );
     let limits = Limits {
         max_body_bytes: c.usize(
             &k("max_body_bytes"),
@@ -652,6 +664,14 @@ pub(super) fn validate(
             1 << 20,
         ),
         max_connections: c.usize(&k("max_connections"), g.max_connections, 4096, 1, 1_000_000),
+        max_new_connections_per_second: new_connections_per_second,
+        new_connection_burst: c.int(
+            &k("new_connection_burst"),
+            g.new_connection_burst,
+            i64::try_from(new_connections_per_second).unwrap_or(i64::MAX),
+            1,
+            1_000_000,
+        ),
         max_in_flight: c.usize(&k("max_in_flight"), g.max_in_flight, 1024, 1, 1_000_000),
         header_read_timeout: c.secs(
             &k("header_read_timeout_seconds"),
