@@ -915,6 +915,9 @@ pub async fn accept_producers(
             // Kill switch: refuse the handshake before any TLS work.
             gw.tls_rejected("kill_switch_engaged");
             drop(tcp);
+            // As below: a flood of refusals leaves the other tasks (the ops listener's
+            // status, the control socket) their turns.
+            futures_lite::future::yield_now().await;
             continue;
         };
         let now = std::time::Instant::now();
