@@ -15,6 +15,8 @@
 #        interleaved (A B A B ...), each followed by its signature and commit counters.
 #        VVGATED: the gateway binary to measure (default: this tree's release build), e.g. an
 #        older build to compare against in the same hour.
+#        BIN: take vvctl (and the default vvgated) from this directory instead of building the
+#        release binaries, e.g. two bench-fast builds compared in alternating runs.
 # Each run prints its figures, including the fixed reference of the run (ring's Ed25519
 # verification of the same request on this machine, now) so runs on a noisy, shared machine
 # can be compared by ratio. Not part of CI.
@@ -26,8 +28,12 @@ IDLE=${IDLE:-1000}
 RUNS=${RUNS:-2}
 WORK=${WORK:-$(mktemp -d /tmp/vvgate-bench.XXXXXX)}
 
-cargo build --release --bins --locked --quiet
-R=$PWD/target/release
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bins --locked --quiet
+  R=$PWD/target/release
+else
+  R=$(cd "$BIN" && pwd)
+fi
 GATED=$(readlink -f "${VVGATED:-$R/vvgated}")
 cd "$WORK"
 rm -rf dev

@@ -42,9 +42,25 @@ pub struct ConnState {
     pub(crate) msg: Vec<u8>,
     /// The producer key that verified this connection's last request (tried first).
     key_hint: Option<[u8; 32]>,
+    /// The audit `key_id` (hex SHA-256) of the last producer key an accepted request used.
+    key_id: Option<([u8; 32], ids::HexHash)>,
     payload: Vec<u8>,
     trace: Vec<u8>,
     normalised: Vec<u8>,
+}
+
+impl ConnState {
+    /// The audit `key_id` of producer key `key`: hashed once per connection and key.
+    fn key_id(&mut self, key: &[u8; 32]) -> ids::HexHash {
+        match &self.key_id {
+            Some((k, id)) if k == key => id.clone(),
+            _ => {
+                let id = ids::hex32(&ids::sha256(key));
+                self.key_id = Some((*key, id.clone()));
+                id
+            }
+        }
+    }
 }
 
 /// Who a decision is about, for its audit entry and response headers.
@@ -521,7 +537,7 @@ fn evaluate_body(
             &st.trace,
         );
 
-        let key_id = ids::hex32(&ids::sha256(&signed.key));
+        let key_id = st.key_id(&signed.key);
         let body_hash = ids::hex32(body_sha256);
         let mut details = recycled.small(640);
         let mut fields = heapless::Vec::<(&str, Detail<'_>), 13>::new();

@@ -172,3 +172,135 @@ fn cjson_builder_separators() {
         r#"{"a":[1,"x"],"b":{},"c":-3}"#
     );
 }
+
+/// A small deterministic generator (no dependency): xorshift64*.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn string_scan_stops_where_a_byte_by_byte_scan_does() {
+    // Bytes next to the ones that stop the scan, and those that could borrow into them.
+    const ALPHABET: &[u8] = &[
+        0x00, 0x01, 0x1f, 0x20, 0x21, b'"', 0x23, 0x5b, b'\\', 0x5d, b'a', 0x7f, 0x80, 0x9f, 0xa0,
+        0xa2, 0xdc, 0xff,
+    ];
+    let naive = |s: &[u8], from: usize| {
+        (from..s.len())
+            .find(|&i| s[i] == b'"' || s[i] == b'\\' || s[i] < 0x20)
+            .unwrap_or(s.len())
+    };
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..20_000 {
+        let len = usize::try_from(g.next() % 40).unwrap();
+        // Mostly plain bytes, so stops land at every offset within a word.
+        let s: Vec<u8> = (0..len)
+            .map(|_| match g.next() % 8 {
+                0 => ALPHABET[usize::try_from(g.next() % 18).unwrap()],
+                _ => b'a' + u8::try_from(g.next() % 26).unwrap(),
+            })
+            .collect();
+        for from in 0..=len {
+            assert_eq!(
+                parse::string_stop(&s, from),
+                naive(&s, from),
+                "{s:?} from {from}"
+            );
+        }
+    }
+    assert_eq!(parse::string_stop(b"abc", 7), 7);
+}
+
+#[test]
+fn string_errors_name_the_same_offsets() {
+    let mut tape = Tape::new();
+    for at in 0..20 {
+        // A control character after `at` plain bytes: reported at its own offset.
+        let mut s = b"[\"".to_vec();
+        s.extend(std::iter::repeat_n(b'x', at));
+        s.push(0x1f);
+        s.extend_from_slice(b"\"]");
+        assert_eq!(
+            tape.parse(&s).err(),
+            Some(JsonError::ControlCharInString(2 + at))
+        );
+        // The same behind an escape.
+        let mut s = b"[\"\\n".to_vec();
+        s.extend(std::iter::repeat_n(b'y', at));
+        s.push(b'\n');
+        s.extend_from_slice(b"\"]");
+        assert_eq!(
+            tape.parse(&s).err(),
+            Some(JsonError::ControlCharInString(4 + at))
+        );
+        // Unterminated, after plain text, a whole escape and a cut one.
+        let mut s = b"[\"".to_vec();
+        s.extend(std::iter::repeat_n(b'z', at));
+        assert_eq!(tape.parse(&s).err(), Some(JsonError::UnexpectedEnd));
+        s.extend_from_slice(b"\\\"");
+        assert_eq!(tape.parse(&s).err(), Some(JsonError::UnexpectedEnd));
+        s.push(b'\\');
+        assert_eq!(tape.parse(&s).err(), Some(JsonError::UnexpectedEnd));
+        // A bad escape is reported at its backslash.
+        let mut s = b"[\"".to_vec();
+        s.extend(std::iter::repeat_n(b'w', at));
+        s.extend_from_slice(b"\\q\"]");
+        assert_eq!(tape.parse(&s).err(), Some(JsonError::BadEscape(2 + at)));
+    }
+    // Non-ASCII and DEL are plain string content; an escaped string records its escape.
+    let doc = tape
+        .parse("[\"\u{7f}é\u{1F600}\\\"\\u00e9 more than eight bytes\"]".as_bytes())
+        .unwrap();
+    let s = doc.elements(Doc::ROOT).next().unwrap();
+    assert!(doc.node(s).flag);
+    assert_eq!(doc.str(s), "\u{7f}é\u{1F600}\"é more than eight bytes");
+}
+
+#[test]
+fn duplicate_keys_by_decoded_text_with_the_same_offset() {
+    let mut tape = Tape::new();
+    // 20 members: the sorted path. An escaped key equal to a plain one, keys sharing their
+    // first eight bytes, and keys that differ only past a zero byte.
+    let mut s = String::from("{");
+    for i in 0..17 {
+        s.push_str(&format!("\"attribute_{i:02}\":{i},"));
+    }
+    s.push_str(r#""ab":1,"ab\u0000":2,"ab\u0000\u0000":3}"#);
+    assert!(tape.parse(s.as_bytes()).is_ok(), "{s}");
+    let dup = s.replace(r#""ab":1"#, r#""attribute_\u0030\u0037":1"#);
+    let second = dup.find(r#""attribute_\u0030"#).unwrap() + 1;
+    assert_eq!(
+        tape.parse(dup.as_bytes()).err(),
+        Some(JsonError::DuplicateKey(second))
+    );
+    // Two duplicated keys: the one first in key order is reported, at its later occurrence.
+    let mut s = String::from("{\"zz\":0,");
+    for i in 0..17 {
+        s.push_str(&format!("\"k{i:02}\":{i},"));
+    }
+    s.push_str("\"aa\":1,\"zz\":2,\"aa\":3}");
+    let later_aa = s.rfind("\"aa\"").unwrap() + 1;
+    assert_eq!(
+        tape.parse(s.as_bytes()).err(),
+        Some(JsonError::DuplicateKey(later_aa))
+    );
+    // The pairwise path (16 members or fewer): the second occurrence of the first pair in
+    // document order.
+    let s = r#"{"b":1,"a":2,"\u0062":3,"a":4}"#;
+    assert_eq!(
+        tape.parse(s.as_bytes()).err(),
+        Some(JsonError::DuplicateKey(s.find(r#""\u0062"#).unwrap() + 1))
+    );
+    // Prefix order agrees with code point order, so canonical output is unchanged.
+    assert_eq!(
+        canon("{\"ab\\u0000\":1,\"ab\":2,\"\u{e9}\":3,\"abcdefghij\":4,\"abcdefghi\":5}").unwrap(),
+        r#"{"ab":2,"ab\u0000":1,"abcdefghi":5,"abcdefghij":4,"\u00e9":3}"#
+    );
+}

@@ -117,11 +117,18 @@ pub(super) fn tenant_str<'a>(
     field: &'static str,
 ) -> Result<Cow<'a, str>, Violation> {
     let i = required_str(doc, slot, field)?;
-    let mut n = 0usize;
-    let ok = doc.chars(i).all(|c| {
-        n += 1;
-        c.is_ascii_hexdigit() || c == '-'
-    }) && n == 36;
+    let allowed = |c: char| c.is_ascii_hexdigit() || c == '-';
+    let ok = if doc.node(i).flag {
+        let mut n = 0usize;
+        doc.chars(i).all(|c| {
+            n += 1;
+            allowed(c)
+        }) && n == 36
+    } else {
+        // Without escapes the characters are the raw bytes, all ASCII when they match.
+        let raw = doc.raw(i);
+        raw.len() == 36 && raw.bytes().all(|b| allowed(char::from(b)))
+    };
     if !ok {
         return Err(pattern_mismatch(field, TENANT_PATTERN));
     }
