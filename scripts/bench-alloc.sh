@@ -40,16 +40,10 @@ if [ -z "${BIN:-}" ]; then
 else
   R=$(cd "$BIN" && pwd)
 fi
+. scripts/dev-env.sh
 mkdir -p "$WORK" && cd "$WORK"
-rm -rf dev
-timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
-rm -f dev/vvgate.redb
-P=$PWD/dev/pki
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-sed -e 's/^mode = "dev"$/mode = "dev"\nrate_limit_per_minute = 1000000000\nspool_max_events = 100000000\nspool_max_bytes = 68719476736/' \
-  -e 's|^listen = "127.0.0.1:8443"|listen = "127.0.0.1:0"|' -e "s|^listen = \"127.0.0.1:9464\"|listen = \"127.0.0.1:$(free_port)\"|" \
-  dev/vvgate.toml >dev/bench.toml
-PRODUCER=(--ca "$P/ca.pem" --cert "$P/producer.pem" --key "$P/producer.key" --signing-key "$P/producer-signing.seed")
+dev_dir "$R/vvgated"
+load_config dev/bench.toml '\nspool_max_events = 100000000\nspool_max_bytes = 68719476736'
 
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null' EXIT

@@ -33,19 +33,12 @@ command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get ins
 
 cargo build --profile "$PROFILE" -p vvgate --bins --locked --quiet
 R=$ROOT/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+. scripts/dev-env.sh
 mkdir -p "$WORK" && cd "$WORK"
-rm -rf dev
-# The dev defaults: PKI, keys and configuration as `vvgated --dev` writes them.
-timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
-rm -f dev/vvgate.redb
-P=$PWD/dev/pki
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# Only what a load of a few thousand requests needs differs from the dev defaults: no rate
-# limit in the way, free ports.
-sed -e 's/^mode = "dev"$/mode = "dev"\nrate_limit_per_minute = 1000000000/' \
-  -e 's|^listen = "127.0.0.1:8443"|listen = "127.0.0.1:0"|' -e "s|^listen = \"127.0.0.1:9464\"|listen = \"127.0.0.1:$(free_port)\"|" \
-  -e 's|^state_dir = .*|state_dir = "state"|' dev/vvgate.toml >dev/memcheck.toml
-PRODUCER=(--ca "$P/ca.pem" --cert "$P/producer.pem" --key "$P/producer.key" --signing-key "$P/producer-signing.seed")
+# The dev defaults: PKI, keys and configuration as `vvgated --dev` writes them. Only what a
+# load of a few thousand requests needs differs: no rate limit in the way, free ports.
+dev_dir "$R/vvgated"
+load_config dev/memcheck.toml "" -e 's|^state_dir = .*|state_dir = "state"|'
 
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null' EXIT

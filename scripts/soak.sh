@@ -21,12 +21,10 @@ WORK=${WORK:-$(mktemp -d /tmp/vvgate-soak.XXXXXX)}
 PROFILE=${PROFILE:-bench-fast}
 cargo build --profile "$PROFILE" -p vvgate --bins --locked --quiet
 R=$PWD/target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+. scripts/dev-env.sh
 mkdir -p "$WORK" && cd "$WORK"
-rm -rf dev nats
-timeout 5 "$R/vvgated" --dev --dev-dir dev >/dev/null 2>&1 || true
-rm -f dev/vvgate.redb
-P=$PWD/dev/pki
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rm -rf nats
+dev_dir "$R/vvgated"
 
 # nats-server with JetStream and mutual TLS (server certificate from the dev CA).
 mkdir -p nats
@@ -45,9 +43,8 @@ CONF
 printf 'vvgate:soak-pass' >nats/creds && chmod 600 nats/creds
 
 # Skew 300 s: each minute's requests are signed before the minute starts.
-sed -e 's/^mode = "dev"$/mode = "dev"\nallowed_clock_skew_seconds = 300\nrate_limit_per_minute = 1000000000\nqueue_backend = "nats"\nnats_url = "tls:\/\/127.0.0.1:'"$NPORT"'"/' \
-  -e 's|^listen = "127.0.0.1:8443"|listen = "127.0.0.1:0"|' -e "s|^listen = \"127.0.0.1:9464\"|listen = \"127.0.0.1:$(free_port)\"|" \
-  -e 's|^state_dir = .*|state_dir = "state"|' dev/vvgate.toml >dev/soak.toml
+load_config dev/soak.toml '\nallowed_clock_skew_seconds = 300\nqueue_backend = "nats"\nnats_url = "tls:\/\/127.0.0.1:'"$NPORT"'"' \
+  -e 's|^state_dir = .*|state_dir = "state"|'
 cat >>dev/soak.toml <<CONF
 
 [nats]
@@ -69,7 +66,7 @@ for _ in $(seq 300); do grep -q ready gw.out 2>/dev/null && break; sleep 0.1; do
 grep -q ready gw.out || { echo "vvgated did not start:"; cat gw.log; exit 1; }
 ADDR=$(grep -o 'producer=[0-9.:]*' gw.out | cut -d= -f2)
 OPS=$(grep -o 'ops=[0-9.:]*' gw.out | cut -d= -f2)
-PRODUCER=(--config dev/soak.toml --target "$ADDR" --ca "$P/ca.pem" --cert "$P/producer.pem" --key "$P/producer.key" --signing-key "$P/producer-signing.seed")
+PRODUCER=(--config dev/soak.toml --target "$ADDR" "${PRODUCER[@]}")
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
