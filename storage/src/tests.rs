@@ -52,6 +52,15 @@ fn segment<'a>(at: u64, bodies: &[&'a [u8]]) -> SpoolSegment<'a> {
     }
 }
 
+/// Telemetry nonces stored in the nonce table (committed, merged from the stage).
+fn telemetry_nonces(store: &Store) -> u64 {
+    store
+        .read()
+        .unwrap()
+        .nonce_count(NonceSpace::Telemetry)
+        .unwrap()
+}
+
 fn rec(ts: u64) -> NonceRecord {
     NonceRecord::V1 {
         body_sha256: [1; 32],
@@ -108,14 +117,7 @@ fn nonce_insert_lookup_and_expiry() {
         .nonce_get(NonceSpace::Telemetry, &k)
         .unwrap()
         .is_some());
-    assert_eq!(
-        store
-            .read()
-            .unwrap()
-            .nonce_count(NonceSpace::Telemetry)
-            .unwrap(),
-        5
-    );
+    assert_eq!(telemetry_nonces(&store), 5);
 }
 
 #[test]
@@ -305,14 +307,7 @@ fn staged_nonces_are_found_merged_reloaded_and_counted() {
     store
         .batch(|bt| bt.nonce_insert(NonceSpace::Telemetry, &d, &rec(150)))
         .unwrap();
-    assert_eq!(
-        store
-            .read()
-            .unwrap()
-            .nonce_count(NonceSpace::Telemetry)
-            .unwrap(),
-        2
-    );
+    assert_eq!(telemetry_nonces(&store), 2);
     let removed = store
         .batch(|bt| bt.expire_nonces(NonceSpace::Telemetry, 180))
         .unwrap();
